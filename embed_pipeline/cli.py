@@ -1,0 +1,144 @@
+"""`embed-pipeline`: run the Dagster assets from a terminal on your own documents or the bundled sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+# The offline demo budget: enough questions to train on, small enough for a few minutes on 2 CPU cores.
+DEMO_MAX_CHUNKS = 160
+INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
+
+
+def _instance(out: Path):
+    """A persistent Dagster instance, so CLI runs show up in `dagster dev` with the same DAGSTER_HOME."""
+    import dagster as dg
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = (out / "dagster_home").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    config = Path(os.environ["DAGSTER_HOME"], "dagster.yaml")
+    if not config.exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, config)
+    return dg.DagsterInstance.get()
+
+
+def _run_config(args: argparse.Namespace) -> dict:
+    """Per-asset config: a YAML file ({asset: {field: value}}) overridden by command-line flags."""
+    import yaml
+
+    config: dict[str, dict] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SystemExit(f"error: cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+            raise SystemExit(f"error: {path} must map asset names to {{field: value}} tables")
+        config = {asset: dict(values) for asset, values in loaded.items()}
+    flags = {
+        ("raw_documents", "on_error"): args.on_error,
+        ("synthetic_qa", "model"): args.llm_model,
+        ("synthetic_qa", "api_base"): args.llm_api_base,
+        ("synthetic_qa", "api_key_env"): args.llm_api_key_env,
+        ("synthetic_qa", "max_chunks"): args.max_chunks,
+        ("synthetic_qa", "questions_per_chunk"): args.questions_per_chunk,
+        ("finetuned_model", "epochs"): args.epochs,
+    }
+    for (asset, field), value in flags.items():
+        if value is not None:
+            config.setdefault(asset, {})[field] = value
+    # training_set and finetuned_model share TrainingConfig: keep them consistent.
+    if "finetuned_model" in config:
+        config["training_set"] = {**config.get("finetuned_model", {}), **config.get("training_set", {})}
+    return {"ops": {asset: {"config": values} for asset, values in config.items()}}
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from embed_pipeline.definitions import ALL_ASSETS, build_resources
+    from embed_pipeline.defs.resources import PipelineResource
+
+    docs = Path(args.docs)
+    if not docs.exists():
+        print(f"error: --docs {docs} does not exist", file=sys.stderr)
+        return 2
+    if args.eval_beir and not Path(args.eval_beir, "queries.jsonl").exists():
+        print(f"error: --eval-beir {args.eval_beir} has no queries.jsonl (a BEIR folder needs queries.jsonl "
+              "and qrels/test.tsv)", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    pipeline = PipelineResource(docs_path=str(docs.resolve()), artifacts_dir=str(out),
+                                eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
+                                base_model=args.base_model)
+    run_config = _run_config(args)
+    instance = _instance(out)
+    try:
+        result = dg.materialize(ALL_ASSETS, resources=build_resources(pipeline, device=args.device),
+                                run_config=run_config, instance=instance)
+    except dg.DagsterUserCodeExecutionError as exc:
+        cause = exc.user_exception
+        print(f"\nerror: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
+    except dg.DagsterInvalidConfigError as exc:
+        print(f"\nerror: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    report = result.output_for_node("beir_report")
+    onnx = result.output_for_node("onnx_model")
+    from embed_pipeline.core.report import report_markdown
+
+    print("\n" + report_markdown(report) + "\n")
+    print(f"report JSON:     {report['report_json']}")
+    print(f"fine-tuned model: {report['model_path']}")
+    print(f"ONNX model:      {onnx['onnx_file']}  (max |ONNX - PyTorch| = {onnx['max_abs_difference']:.2e})")
+    print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="artifacts", help="Artifacts folder (default: ./artifacts).")
+    parser.add_argument("--config", help="YAML file of per-asset settings, {asset: {field: value}}.")
+    parser.add_argument("--llm-model", help="litellm model string (default: the offline SmolLM2).")
+    parser.add_argument("--llm-api-base", help="Base URL of an OpenAI-compatible server.")
+    parser.add_argument("--llm-api-key-env", help="Environment variable that holds the API key.")
+    parser.add_argument("--max-chunks", type=int, help="Ask the LLM about at most this many chunks.")
+    parser.add_argument("--questions-per-chunk", type=int, help="Questions per chunk.")
+    parser.add_argument("--epochs", type=int, help="Training epochs.")
+    parser.add_argument("--base-model", help="Base bi-encoder: Hugging Face id or folder (default: all-MiniLM-L6-v2).")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
+    parser.add_argument("--on-error", choices=["raise", "skip"], help="Bad documents: stop (default) or skip.")
+    parser.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from embed_pipeline.defs.resources import SAMPLE_CORPUS
+
+    parser = argparse.ArgumentParser(prog="embed-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Materialize every asset on your documents.")
+    run.add_argument("--docs", required=True, help="Folder of .txt/.md/.html/.pdf files, or a BEIR corpus.jsonl.")
+    run.add_argument("--eval-beir", help="BEIR folder (queries.jsonl, qrels/test.tsv) of real queries to score.")
+    _add_run_flags(run)
+    demo = commands.add_parser("demo", help="Run everything on the bundled 300-abstract SciFact sample.")
+    _add_run_flags(demo)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        args.docs, args.eval_beir = str(SAMPLE_CORPUS / "corpus.jsonl"), str(SAMPLE_CORPUS)
+        if args.max_chunks is None and not args.config:
+            args.max_chunks = DEMO_MAX_CHUNKS
+    return run_pipeline(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Every knob of the pipeline, with the published recipe's defaults, in one place.
+
+Each class configures one asset (Dagster launchpad and `embed-pipeline run` use the same classes);
+the README documents every field.
+"""
+
+
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from embed_pipeline.core.sdg import DEFAULT_MODEL, LLMSettings
+
+
+class DocumentsConfig(dg.Config):
+    on_error: Literal["raise", "skip"] = Field(
+        default="raise", description="Bad file: stop with an error naming it, or skip it and list the reason."
+    )
+
+
+class ChunkingConfig(dg.Config):
+    max_tokens: int = Field(default=256, description="Token budget per chunk (title included), base tokenizer.")
+    overlap_sentences: int = Field(default=1, description="Sentences shared by consecutive chunks.")
+    min_chars: int = Field(default=50, description="Drop shorter chunks (unless a document has only one).")
+
+
+class SyntheticQAConfig(dg.Config):
+    model: str = Field(default=DEFAULT_MODEL, description="litellm model string, e.g. openai/gpt-4o-mini.")
+    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
+    questions_per_chunk: int = Field(default=1, description="Questions asked per chunk.")
+    max_chunks: int | None = Field(default=None, description="Budget: ask about at most this many chunks.")
+    temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
+    max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")
+    concurrency: int = Field(default=8, description="Parallel LLM calls (batched together for the local model).")
+    num_retries: int = Field(default=3, description="Retries with backoff on rate limits, 5xx and timeouts.")
+    timeout_s: float = Field(default=120.0, description="Timeout of one LLM call.")
+    seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
+
+    def llm_settings(self) -> LLMSettings:
+        return LLMSettings(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env,
+                           temperature=self.temperature, max_tokens=self.max_tokens,
+                           concurrency=self.concurrency, num_retries=self.num_retries, timeout_s=self.timeout_s)
+
+
+class SplitConfig(dg.Config):
+    test_fraction: float = Field(default=0.2, description="Share of documents whose questions are held out.")
+    seed: int = Field(default=42, description="Seed of the document split.")
+
+
+class MiningConfig(dg.Config):
+    num_mined: int = Field(default=5, description="Hard negatives mined per question.")
+    relative_margin: float | None = Field(
+        default=0.05, description="Drop candidates scoring above (1 - margin) x the weakest positive."
+    )
+    absolute_margin: float | None = Field(default=None, description="Or drop those within this absolute margin.")
+    batch_size: int = Field(default=64, description="Encoding batch size.")
+
+
+class TrainingConfig(dg.Config):
+    num_negatives: int = Field(default=4, description="Hard negatives used per training row.")
+    epochs: int = Field(default=3, description="Training epochs.")
+    learning_rate: float = Field(default=1e-5, description="Peak learning rate.")
+    temperature: float = Field(default=0.02, description="InfoNCE temperature (loss scale = 1 / temperature).")
+    warmup_steps: int = Field(default=5, description="Linear warm-up steps.")
+    batch_size: int | None = Field(
+        default=None, description="Empty: the recipe's rule, 128 from 2,000 rows, else max(16, min(64, n // 8))."
+    )
+    seed: int = Field(default=42, description="Training seed.")
+
+
+class EvaluationConfig(dg.Config):
+    top_k: int = Field(default=100, description="Passages retrieved per query.")
+    batch_size: int = Field(default=64, description="Encoding batch size.")
+
+
+class ExportConfig(dg.Config):
+    opset: int = Field(default=17, description="ONNX opset.")
+    parity_tolerance: float = Field(default=1e-4, description="Max abs difference allowed against PyTorch.")

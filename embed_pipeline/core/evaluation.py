@@ -1,0 +1,263 @@
+"""Retrieval evaluation: BEIR metrics, BM25 and dense baselines, BEIR query loading, report tables.
+
+Metrics come from BEIR (pytrec_eval underneath), BM25 from ``bm25s``, dense top-k from ``faiss``;
+nothing here re-implements a metric.
+
+Example::
+
+    queries, qrels = load_beir_queries("data/scifact", split="test")
+    results = dense_search(model, corpus_ids, corpus_texts, queries, top_k=100)
+    metrics = retrieval_metrics(qrels, results)  # {"nDCG@10": 0.6451, ..., "MRR@10": ...}
+    print(markdown_table({"base": metrics}, ["nDCG@10", "Recall@100"]))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import bm25s
+import faiss
+import numpy as np
+import Stemmer
+from beir.retrieval.evaluation import EvaluateRetrieval
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "KS",
+    "Qrels",
+    "Results",
+    "bm25_search",
+    "collapse_to_documents",
+    "dense_search",
+    "load_beir_queries",
+    "markdown_table",
+    "retrieval_metrics",
+]
+
+# bm25s pins its logger to DEBUG at import; hand the level back to the application's config.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
+
+KS = (1, 5, 10, 100)
+
+Qrels = dict[str, dict[str, int]]
+"""query id -> {document id: graded relevance}; relevance > 0 means relevant."""
+Results = dict[str, dict[str, float]]
+"""query id -> {document id: score}; higher is better."""
+
+_QRELS_HEADER = ["query-id", "corpus-id", "score"]
+_QRELS_FORMAT = "query-id<TAB>corpus-id<TAB>score"
+_QUERY_HINT = "each line must be a JSON object with non-empty string fields '_id' and 'text'"
+
+
+def retrieval_metrics(qrels: Qrels, results: Results, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Score ``results`` against ``qrels``: ``nDCG@k``, ``Recall@k``, ``MAP@k``, ``P@k`` and ``MRR@10``.
+
+    Averages run over every query in ``qrels``; a query with no results counts as 0 (pytrec_eval
+    silently drops queries absent from the run, so they are added with an empty ranking). Queries
+    not in ``qrels`` are ignored. nDCG uses the graded relevance as a linear gain.
+    """
+    if not qrels:
+        raise ValueError("qrels is empty: there is no query to evaluate")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    # pytrec_eval rejects numpy scores; also copy so BEIR never touches the caller's dicts.
+    run = {qid: {doc: float(s) for doc, s in results.get(qid, {}).items()} for qid in qrels}
+    k_values = sorted(set(ks))
+    ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(
+        qrels, run, k_values, ignore_identical_ids=False
+    )
+    mrr = EvaluateRetrieval.evaluate_custom(qrels, run, [10], metric="mrr")
+    metrics: dict[str, float] = {}
+    for k in k_values:
+        metrics[f"nDCG@{k}"] = ndcg[f"NDCG@{k}"]
+        metrics[f"Recall@{k}"] = recall[f"Recall@{k}"]
+        metrics[f"MAP@{k}"] = _map[f"MAP@{k}"]
+        metrics[f"P@{k}"] = precision[f"P@{k}"]
+    metrics["MRR@10"] = mrr["MRR@10"]
+    return metrics
+
+
+def bm25_search(
+    corpus_ids: list[str], corpus_texts: list[str], queries: dict[str, str], top_k: int = 100
+) -> Results:
+    """Rank the corpus for each query with BM25 (English stopwords, Snowball stemmer).
+
+    Documents sharing no term with a query score 0 and are left out rather than listed in
+    arbitrary order.
+    """
+    _check_corpus(corpus_ids, corpus_texts)
+    if not queries:
+        return {}
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize(corpus_texts, stopwords="en", stemmer=stemmer, show_progress=False),
+        show_progress=False,
+    )
+    query_tokens = bm25s.tokenize(
+        list(queries.values()), stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
+    )
+    docs, scores = retriever.retrieve(query_tokens, k=min(top_k, len(corpus_ids)), show_progress=False)
+    results: Results = {}
+    for qid, row_docs, row_scores in zip(queries, docs, scores, strict=True):
+        results[qid] = {corpus_ids[d]: float(s) for d, s in zip(row_docs, row_scores, strict=True) if s > 0}
+    return results
+
+
+def dense_search(
+    model: SentenceTransformer,
+    corpus_ids: list[str],
+    corpus_texts: list[str],
+    queries: dict[str, str],
+    top_k: int = 100,
+    batch_size: int = 64,
+    query_prompt: str | None = None,
+    show_progress_bar: bool = False,
+) -> Results:
+    """Rank the corpus for each query by cosine similarity of ``model`` embeddings (exact faiss search).
+
+    ``query_prompt`` is prepended to queries only (e.g. the prefix the model was trained with).
+    Uses every visible GPU when faiss has GPU support, else the CPU.
+    """
+    _check_corpus(corpus_ids, corpus_texts)
+    if not queries:
+        return {}
+    encode = {
+        "batch_size": batch_size,
+        "normalize_embeddings": True,
+        "convert_to_numpy": True,
+        "show_progress_bar": show_progress_bar,
+    }
+    doc_emb = model.encode(corpus_texts, **encode)
+    query_kwargs = encode if query_prompt is None else {**encode, "prompt": query_prompt}
+    query_emb = model.encode(list(queries.values()), **query_kwargs)
+    doc_emb = np.ascontiguousarray(doc_emb, dtype=np.float32)
+    query_emb = np.ascontiguousarray(query_emb, dtype=np.float32)
+
+    index = faiss.IndexFlatIP(doc_emb.shape[1])
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(doc_emb)
+    scores, idx = index.search(query_emb, min(top_k, len(corpus_ids)))
+    return {
+        qid: {corpus_ids[i]: float(s) for i, s in zip(row_idx, row_scores, strict=True) if i >= 0}
+        for qid, row_idx, row_scores in zip(queries, idx, scores, strict=True)
+    }
+
+
+def collapse_to_documents(results: Results, chunk_to_doc: dict[str, str]) -> Results:
+    """Turn chunk-level results into document-level ones, scoring each document by its best chunk.
+
+    Needed when the index holds chunks but the qrels (e.g. real BEIR labels) name documents.
+    Each query's documents come out sorted by score, best first.
+    """
+    collapsed: Results = {}
+    for qid, hits in results.items():
+        best: dict[str, float] = {}
+        for chunk_id, score in hits.items():
+            try:
+                doc_id = chunk_to_doc[chunk_id]
+            except KeyError:
+                raise ValueError(
+                    f"chunk id {chunk_id!r} (query {qid!r}) is missing from chunk_to_doc"
+                ) from None
+            if doc_id not in best or score > best[doc_id]:
+                best[doc_id] = score
+        collapsed[qid] = dict(sorted(best.items(), key=lambda item: item[1], reverse=True))
+    return collapsed
+
+
+def load_beir_queries(beir_dir: str | Path, split: str = "test") -> tuple[dict[str, str], Qrels]:
+    """Read a BEIR folder's ``queries.jsonl`` and ``qrels/{split}.tsv``; return (queries, qrels).
+
+    Ids stay opaque strings (``a.b/c:1`` survives). Only queries named in the qrels are returned.
+    Every malformed input raises ``ValueError`` naming the file and line.
+    """
+    folder = Path(beir_dir)
+    if not folder.is_dir():
+        raise ValueError(f"BEIR folder {folder} does not exist")
+    queries_path = folder / "queries.jsonl"
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    for path in (queries_path, qrels_path):
+        if not path.is_file():
+            raise ValueError(
+                f"{path} does not exist (a BEIR folder needs queries.jsonl and qrels/{split}.tsv)"
+            )
+
+    all_queries = _read_queries(queries_path)
+    qrels: Qrels = {}
+    with qrels_path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if lineno == 1:
+                if line.split("\t") != _QRELS_HEADER:
+                    raise ValueError(f"{qrels_path}:1: expected the header {_QRELS_FORMAT!r}, got {line!r}")
+                continue
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 3 or not fields[0] or not fields[1]:
+                raise ValueError(f"{qrels_path}:{lineno}: expected {_QRELS_FORMAT!r}, got {line!r}")
+            qid, doc_id, raw_score = fields
+            try:
+                score = int(raw_score)
+            except ValueError:
+                raise ValueError(
+                    f"{qrels_path}:{lineno}: score must be an integer, got {raw_score!r}"
+                ) from None
+            if qid not in all_queries:
+                raise ValueError(f"{qrels_path}:{lineno}: query {qid!r} is not in {queries_path}")
+            qrels.setdefault(qid, {})[doc_id] = score
+    if not qrels:
+        raise ValueError(f"{qrels_path} has no judgements")
+    return {qid: all_queries[qid] for qid in qrels}, qrels
+
+
+def markdown_table(rows: dict[str, dict[str, float]], metrics: list[str]) -> str:
+    """Render ``{system: {metric: value}}`` as a GitHub-markdown table with 4 decimals.
+
+    A metric a system lacks is shown as ``-``.
+    """
+    lines = [
+        "| system | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for name, values in rows.items():
+        cells = [f"{values[m]:.4f}" if m in values else "-" for m in metrics]
+        escaped = name.replace("|", r"\|")
+        lines.append(f"| {escaped} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _check_corpus(corpus_ids: list[str], corpus_texts: list[str]) -> None:
+    if len(corpus_ids) != len(corpus_texts):
+        raise ValueError(f"corpus_ids has {len(corpus_ids)} entries but corpus_texts has {len(corpus_texts)}")
+    if not corpus_ids:
+        raise ValueError("the corpus is empty")
+
+
+def _read_queries(path: Path) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            fields = record if isinstance(record, dict) else {}
+            qid, text = fields.get("_id"), fields.get("text")
+            if not isinstance(qid, str) or not qid:
+                raise ValueError(f"{path}:{lineno}: {_QUERY_HINT}; '_id' is missing or not a string")
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{path}:{lineno}: {_QUERY_HINT}; 'text' is missing or empty")
+            if qid in queries:
+                raise ValueError(f"{path}:{lineno}: duplicate query id {qid!r}")
+            queries[qid] = text
+    return queries

@@ -1,0 +1,246 @@
+"""ONNX export of a sentence-transformers model with mean pooling and L2 normalisation in the graph.
+
+sentence-transformers' own ONNX backend exports only the transformer, leaving pooling to the
+caller; here the graph maps token ids straight to the normalised sentence embedding, so any ONNX
+runtime serves the same vectors as PyTorch.
+
+Example::
+
+    onnx_path = export_onnx("models/finetuned", "models/finetuned-onnx")
+    encoder = OnnxEncoder("models/finetuned-onnx")
+    vectors = encoder.encode(["how do I rotate a key?"])  # float32, unit length
+    assert max_abs_difference("models/finetuned", "models/finetuned-onnx", texts) < 1e-4
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+
+__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "max_abs_difference"]
+
+EXPORT_INFO = "export.json"
+ONNX_FILE = "model.onnx"
+OUTPUT_NAME = "sentence_embedding"
+
+# sentence-transformers <5 wrote one boolean per pooling mode; >=5 writes "pooling_mode".
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+class PooledEncoder(torch.nn.Module):
+    """A Hugging Face encoder followed by attention-mask mean pooling and L2 normalisation.
+
+    Mirrors sentence-transformers' ``Transformer -> Pooling(mean) -> Normalize`` so the exported
+    graph returns the vectors the PyTorch model does.
+    """
+
+    def __init__(self, transformer: PreTrainedModel) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        tokens = self.transformer(**inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        summed = (tokens * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> Path:
+    """Export the sentence-transformers folder ``model_dir`` to ``out_dir/model.onnx``.
+
+    Writes ``model.onnx`` (inputs ``input_ids``, ``attention_mask`` and, when the model takes
+    them, ``token_type_ids``; output ``sentence_embedding``, dynamic batch and sequence axes), the
+    tokenizer files, and ``export.json`` (source, opset, dim, max_seq_length). ``out_dir`` is built
+    in a temporary sibling folder and renamed into place, so readers never see a half-written
+    export. The output is always L2-normalised, even for a model without a ``Normalize`` module,
+    because the pipeline only ever serves normalised vectors. Raises ``ValueError`` for a model
+    whose modules this export cannot reproduce (non-mean pooling, Dense layers, ...).
+    """
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir)
+    max_seq_length = _check_supported(model_dir)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.model_max_length = max_seq_length
+    transformer = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    encoder = PooledEncoder(transformer).eval()
+
+    input_names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(transformer.forward).parameters:
+        input_names.append("token_type_ids")
+    # Two texts of different lengths, so the trace sees padding and a batch larger than one.
+    sample = tokenizer(
+        ["a short text", "a somewhat longer text to pad the other one"],
+        padding=True,
+        return_tensors="pt",
+        return_token_type_ids="token_type_ids" in input_names,
+    )
+    args = tuple(sample[name] for name in input_names)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the export is meant to be shared
+    try:
+        with torch.no_grad():
+            dim = int(encoder(*args).shape[1])
+            torch.onnx.export(
+                encoder,
+                args,
+                str(staging / ONNX_FILE),
+                input_names=input_names,
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(staging / ONNX_FILE))
+        tokenizer.save_pretrained(staging)
+        info = {
+            "source_model": str(model_dir.resolve()),
+            "opset": opset,
+            "dim": dim,
+            "max_seq_length": max_seq_length,
+            "inputs": input_names,
+            "output": OUTPUT_NAME,
+            "normalized": True,
+        }
+        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / ONNX_FILE
+
+
+class OnnxEncoder:
+    """Encode texts with an ``export_onnx`` folder through onnxruntime (CUDA when available)."""
+
+    def __init__(self, onnx_dir: str | Path, providers: list[str] | None = None) -> None:
+        onnx_dir = Path(onnx_dir)
+        info_path = onnx_dir / EXPORT_INFO
+        if not info_path.is_file():
+            raise ValueError(f"{info_path} does not exist: {onnx_dir} is not an export_onnx folder")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        self.dim: int = info["dim"]
+        self.max_seq_length: int = info["max_seq_length"]
+        self.tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+        if providers is None:
+            providers = ["CPUExecutionProvider"]
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(onnx_dir / ONNX_FILE), providers=providers)
+        self._input_names = [i.name for i in self.session.get_inputs()]
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Return float32 unit-length embeddings, one row per text, truncating to max_seq_length."""
+        batches = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+                return_token_type_ids="token_type_ids" in self._input_names,
+            )
+            feed = {name: tokens[name].astype(np.int64) for name in self._input_names}
+            batches.append(self.session.run([OUTPUT_NAME], feed)[0])
+        if not batches:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(batches).astype(np.float32, copy=False)
+
+
+def max_abs_difference(model_dir: str | Path, onnx_dir: str | Path, texts: list[str]) -> float:
+    """Largest element-wise gap between PyTorch (sentence-transformers) and ONNX embeddings of ``texts``."""
+    # Imported here: serving needs OnnxEncoder only, not sentence-transformers' import time.
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(model_dir), device="cpu").encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True
+    )
+    exported = OnnxEncoder(onnx_dir).encode(texts)
+    return float(np.abs(reference - exported).max())
+
+
+def _check_supported(model_dir: Path) -> int:
+    """Refuse models the wrapper would export wrongly; return the max sequence length."""
+    modules_path = model_dir / "modules.json"
+    if not modules_path.is_file():
+        raise ValueError(f"{modules_path} does not exist: {model_dir} is not a sentence-transformers folder")
+    modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    # Type paths moved between sentence-transformers releases; the class name is stable.
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        raise ValueError(
+            f"{modules_path}: modules {kinds} are not supported; export handles "
+            "Transformer -> Pooling(mean) [-> Normalize] only"
+        )
+
+    pooling_path = model_dir / modules[1]["path"] / "config.json"
+    pooling = json.loads(pooling_path.read_text(encoding="utf-8"))
+    mode = pooling.get("pooling_mode")
+    if mode is None:
+        mode = [name for key, name in _LEGACY_POOLING_KEYS.items() if pooling.get(key)]
+    if mode not in ("mean", ["mean"]):
+        raise ValueError(f"{pooling_path}: pooling mode {mode!r} is not supported; only 'mean' is")
+    if pooling.get("include_prompt", True) is False:
+        raise ValueError(
+            f"{pooling_path}: include_prompt=false (prompt tokens left out of pooling) is not supported"
+        )
+
+    st_config_path = model_dir / "sentence_bert_config.json"
+    st_config = {}
+    if st_config_path.is_file():
+        st_config = json.loads(st_config_path.read_text(encoding="utf-8"))
+    if st_config.get("do_lower_case"):
+        raise ValueError(f"{st_config_path}: do_lower_case=true is not supported")
+    if st_config.get("transformer_task", "feature-extraction") != "feature-extraction":
+        raise ValueError(
+            f"{st_config_path}: transformer_task {st_config['transformer_task']!r} is not supported"
+        )
+    if "max_seq_length" in st_config:
+        return int(st_config["max_seq_length"])
+    # sentence-transformers >=6 keeps the limit in the tokenizer config instead; an unset one
+    # reads as a huge sentinel, so cap it at the model's position embeddings.
+    limit = AutoTokenizer.from_pretrained(model_dir).model_max_length
+    positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+    return int(min(limit, positions) if positions else limit)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``, swapping out an existing ``target`` with two renames."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old)

@@ -1,0 +1,99 @@
+"""Hard-negative mining with the base model (sentence-transformers' miner) and unrolling into rows."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+from datasets import Dataset
+from sentence_transformers.util import mine_hard_negatives
+
+log = logging.getLogger(__name__)
+
+FAISS_MIN_CORPUS = 50_000
+
+
+def mine_negatives(
+    questions: pd.DataFrame,
+    chunks: pd.DataFrame,
+    model,
+    num_mined: int = 5,
+    relative_margin: float | None = 0.05,
+    absolute_margin: float | None = None,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Mine hard negatives for each (question, positive) pair over the whole chunk corpus.
+
+    All positives of a question are masked and a candidate is dropped when it scores above the
+    margin-adjusted weakest positive (relative_margin=0.05: above 0.95 × min positive score).
+    Returns one row per (question, positive) with negative chunk ids and scores, best first; a
+    question for which no negative survives gets an empty list (never silently dropped).
+    """
+    pairs = questions.explode("positive_chunk_ids").rename(columns={"positive_chunk_ids": "positive_chunk_id"})
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"]))
+    missing = sorted(set(pairs["positive_chunk_id"]) - passage_of.keys())
+    if missing:
+        raise ValueError(f"positive_chunk_ids not in the chunked corpus: {missing[:5]} (of {len(missing)})")
+    chunk_of_passage: dict[str, str] = {}
+    for chunk_id, passage in zip(chunks["chunk_id"], chunks["passage"]):
+        chunk_of_passage.setdefault(passage, chunk_id)
+    qid_of_text = dict(zip(questions["question"], questions["question_id"]))
+
+    dataset = Dataset.from_dict({
+        "anchor": pairs["question"].tolist(),
+        "positive": [passage_of[c] for c in pairs["positive_chunk_id"]],
+    })
+    mined = mine_hard_negatives(
+        dataset,
+        model,
+        corpus=chunks["passage"].tolist(),
+        num_negatives=num_mined,
+        relative_margin=relative_margin,
+        absolute_margin=absolute_margin,
+        sampling_strategy="top",
+        output_format="labeled-list",
+        output_scores=True,
+        batch_size=batch_size,
+        use_faiss=len(chunks) >= FAISS_MIN_CORPUS,
+        verbose=False,
+    )
+    found: dict[tuple[str, str], dict] = {}
+    for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
+        key = (qid_of_text[anchor], chunk_of_passage[docs[0]])
+        found[key] = {
+            "positive_score": scores[0],
+            "negative_chunk_ids": [chunk_of_passage[d] for d in docs[1:]],
+            "negative_scores": [float(s) for s in scores[1:]],
+        }
+    rows = []
+    for row in pairs.itertuples(index=False):
+        hit = found.get((row.question_id, row.positive_chunk_id),
+                        {"positive_score": None, "negative_chunk_ids": [], "negative_scores": []})
+        rows.append({"question_id": row.question_id, "question": row.question,
+                     "positive_chunk_id": row.positive_chunk_id, **hit})
+    return pd.DataFrame(rows)
+
+
+def unroll_training_rows(mined: pd.DataFrame, chunks: pd.DataFrame, num_negatives: int = 4) -> pd.DataFrame:
+    """One training row per (question, positive) with `num_negatives` negatives shared by the question.
+
+    Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`).
+    """
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"]))
+    rows = []
+    for row in mined.itertuples(index=False):
+        negatives = list(row.negative_chunk_ids)[:num_negatives]
+        if len(negatives) < num_negatives:
+            continue
+        rows.append({
+            "question_id": row.question_id,
+            "anchor": row.question,
+            "positive": passage_of[row.positive_chunk_id],
+            **{f"negative_{i}": passage_of[c] for i, c in enumerate(negatives, start=1)},
+        })
+    columns = ["question_id", "anchor", "positive", *[f"negative_{i}" for i in range(1, num_negatives + 1)]]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def rows_short_of_negatives(mined: pd.DataFrame, num_negatives: int) -> int:
+    return int((mined["negative_chunk_ids"].map(len) < num_negatives).sum())

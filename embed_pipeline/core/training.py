@@ -1,0 +1,97 @@
+"""Contrastive fine-tuning of a sentence-transformers bi-encoder on mined training rows."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def batch_size_rule(n_examples: int) -> int:
+    """The recipe's batch size: 128 from 2,000 examples up, else max(16, min(64, n // 8))."""
+    return 128 if n_examples >= 2000 else max(16, min(64, n_examples // 8))
+
+
+def finetune(
+    rows: pd.DataFrame,
+    base_model: str,
+    output_dir: str | Path,
+    device: str = "cpu",
+    epochs: int = 3,
+    learning_rate: float = 1e-5,
+    temperature: float = 0.02,
+    warmup_steps: int = 5,
+    batch_size: int | None = None,
+    seed: int = 42,
+) -> dict:
+    """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
+    negatives, and save a standard sentence-transformers folder (safetensors) to `output_dir`.
+
+    The folder is written next to its final place and renamed, so a crash never leaves half a model.
+    """
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    text_columns = [c for c in rows.columns if c == "anchor" or c == "positive" or c.startswith("negative_")]
+    if len(rows) == 0:
+        raise ValueError("No training rows: every question lacked enough hard negatives or none were generated.")
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        raise FileExistsError(f"{output_dir} exists: models are never overwritten in place.")
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+
+    model = SentenceTransformer(base_model, device=device)
+    batch = batch_size or batch_size_rule(len(rows))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(staging / "checkpoints"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        logging_steps=5,
+        report_to="none",
+        seed=seed,
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda"),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_pandas(rows[text_columns], preserve_index=False),
+        loss=MultipleNegativesRankingLoss(model, scale=1.0 / temperature),
+    )
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    model.save(str(staging), safe_serialization=True)
+    staging.rename(output_dir)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "path": str(output_dir),
+        "base_model": base_model,
+        "train_rows": len(rows),
+        "batch_size": batch,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "temperature": temperature,
+        "steps": int(result.global_step),
+        "train_seconds": round(seconds, 1),
+        "final_loss": round(float(result.training_loss), 4),
+        "loss_curve": [round(float(x), 4) for x in losses],
+        "device": device,
+    }

@@ -1,0 +1,65 @@
+"""The BEIR report: BM25 vs base vs fine-tuned, on held-out synthetic questions and real queries."""
+
+
+import json
+
+import dagster as dg
+import pandas as pd
+
+from embed_pipeline.config import EvaluationConfig
+from embed_pipeline.core.evaluation import load_beir_queries
+from embed_pipeline.core.report import (
+    HEADLINE_METRICS,
+    REAL,
+    SYNTHETIC,
+    evaluate_systems,
+    report_markdown,
+    synthetic_test_set,
+)
+from embed_pipeline.defs.io_manager import write_atomically
+from embed_pipeline.defs.plots import metric_bars_markdown
+from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
+
+
+@dg.asset(group_name="evaluation", pool="gpu", kinds={"pytorch"})
+def beir_report(context: dg.AssetExecutionContext, config: EvaluationConfig, pipeline: PipelineResource,
+                compute: TorchDeviceResource, chunked_corpus: pd.DataFrame, qa_splits: pd.DataFrame,
+                finetuned_model: dict) -> dict:
+    """nDCG, Recall, MAP, Precision @1/5/10/100 and MRR@10 for every system on every query set."""
+    queries, qrels = synthetic_test_set(qa_splits)
+    query_sets = {SYNTHETIC: (queries, qrels, False)}
+    if pipeline.eval_beir_dir:
+        real_queries, real_qrels = load_beir_queries(pipeline.eval_beir_dir)
+        known = set(chunked_corpus["doc_id"])
+        unknown = sorted({d for rel in real_qrels.values() for d in rel} - known)
+        if unknown:
+            context.log.warning(f"{len(unknown)} judged documents are not in the corpus (e.g. {unknown[:3]}); "
+                                "they count as relevant but unretrievable.")
+        query_sets[REAL] = (real_queries, real_qrels, True)
+    report = evaluate_systems(
+        chunked_corpus, query_sets,
+        models={"base": pipeline.base_model_path(), "fine-tuned": finetuned_model["path"]},
+        device=compute.torch_device(), top_k=config.top_k, batch_size=config.batch_size,
+    )
+    report["model_path"] = finetuned_model["path"]
+    report["eval_beir_dir"] = pipeline.eval_beir_dir
+    table = report_markdown(report)
+    stem = pipeline.artifacts("reports", f"report-{context.run_id[:8]}")
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    write_atomically(md_path, lambda tmp: tmp.write_text(table + "\n"))
+    report["report_json"], report["report_markdown"] = str(json_path), str(md_path)
+    headline = {
+        f"{name}/{system}/{metric}": entry["systems"][system][metric]
+        for name, entry in report["query_sets"].items()
+        for system in entry["systems"] for metric in ("nDCG@10", "Recall@10")
+    }
+    context.add_output_metadata({
+        "table": dg.MetadataValue.md(table),
+        "plot": dg.MetadataValue.md("\n\n".join(
+            metric_bars_markdown(entry["systems"], HEADLINE_METRICS, name)
+            for name, entry in report["query_sets"].items())),
+        **headline,
+        "report_json": dg.MetadataValue.path(str(json_path)),
+    })
+    return report

