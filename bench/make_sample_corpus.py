@@ -21,7 +21,9 @@ SEED = 42
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scifact", type=Path, default=Path(__file__).parents[1] / "../shared/data/scifact")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "embed_pipeline/sample_data/scifact_sample")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parents[1] / "embed_pipeline/sample_data/scifact_sample"
+    )
     args = parser.parse_args()
 
     corpus = [json.loads(line) for line in (args.scifact / "corpus.jsonl").open()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -14,6 +15,17 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # The offline demo budget: enough questions to train on, small enough for a few minutes on 2 CPU cores.
 DEMO_MAX_CHUNKS = 160
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
+
+
+class _ConsoleLogger(logging.Logger):
+    """Dagster's console logger, minus stack traces: the CLI prints the cause itself, and the full
+    trace stays in the run's event log (open the run in `dagster dev`)."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and "\n" in message:
+            record.msg, record.args = message.split("\n", 1)[0], ()
+        super().handle(record)
 
 
 def _instance(out: Path):
@@ -28,6 +40,13 @@ def _instance(out: Path):
     if not config.exists():
         shutil.copyfile(INSTANCE_TEMPLATE, config)
     return dg.DagsterInstance.get()
+
+
+def _root_cause(error) -> str:
+    """The user's own exception message from Dagster's wrapped error chain."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 def _run_config(args: argparse.Namespace) -> dict:
@@ -73,25 +92,38 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print(f"error: --docs {docs} does not exist", file=sys.stderr)
         return 2
     if args.eval_beir and not Path(args.eval_beir, "queries.jsonl").exists():
-        print(f"error: --eval-beir {args.eval_beir} has no queries.jsonl (a BEIR folder needs queries.jsonl "
-              "and qrels/test.tsv)", file=sys.stderr)
+        print(
+            f"error: --eval-beir {args.eval_beir} has no queries.jsonl (a BEIR folder needs queries.jsonl "
+            "and qrels/test.tsv)",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out).resolve()
-    pipeline = PipelineResource(docs_path=str(docs.resolve()), artifacts_dir=str(out),
-                                eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
-                                base_model=args.base_model)
-    run_config = _run_config(args)
+    pipeline = PipelineResource(
+        docs_path=str(docs.resolve()),
+        artifacts_dir=str(out),
+        eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
+        base_model=args.base_model,
+    )
+    run_config = {**_run_config(args), "loggers": {"console": {"config": {"log_level": args.log_level}}}}
     instance = _instance(out)
+    logging.setLoggerClass(_ConsoleLogger)
     try:
-        result = dg.materialize(ALL_ASSETS, resources=build_resources(pipeline, device=args.device),
-                                run_config=run_config, instance=instance)
-    except dg.DagsterUserCodeExecutionError as exc:
-        cause = exc.user_exception
-        print(f"\nerror: {type(cause).__name__}: {cause}", file=sys.stderr)
-        return 1
+        result = dg.materialize(
+            ALL_ASSETS,
+            resources=build_resources(pipeline, device=args.device),
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+        )
     except dg.DagsterInvalidConfigError as exc:
         print(f"\nerror: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if not result.success:
+        for event in result.get_step_failure_events():
+            print(f"\nerror in step {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
+        print(f"(full trace in the Dagster run log, DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
+        return 1
     report = result.output_for_node("beir_report")
     onnx = result.output_for_node("onnx_model")
     from embed_pipeline.core.report import report_markdown
@@ -118,6 +150,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", help="Base bi-encoder: Hugging Face id or folder (default: all-MiniLM-L6-v2).")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
     parser.add_argument("--on-error", choices=["raise", "skip"], help="Bad documents: stop (default) or skip.")
+    parser.add_argument("--log-level", default="INFO", help="Dagster console log level (DEBUG shows every event).")
     parser.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
 
 

@@ -4,7 +4,6 @@ Each class configures one asset (Dagster launchpad and `embed-pipeline run` use 
 the README documents every field.
 """
 
-
 from typing import Literal
 
 import dagster as dg
@@ -39,9 +38,16 @@ class SyntheticQAConfig(dg.Config):
     seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
 
     def llm_settings(self) -> LLMSettings:
-        return LLMSettings(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env,
-                           temperature=self.temperature, max_tokens=self.max_tokens,
-                           concurrency=self.concurrency, num_retries=self.num_retries, timeout_s=self.timeout_s)
+        return LLMSettings(
+            model=self.model,
+            api_base=self.api_base,
+            api_key_env=self.api_key_env,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            concurrency=self.concurrency,
+            num_retries=self.num_retries,
+            timeout_s=self.timeout_s,
+        )
 
 
 class SplitConfig(dg.Config):

@@ -24,11 +24,13 @@ def sentences(n: int, start: int = 0) -> list[str]:
 
 
 def corpus() -> pd.DataFrame:
-    return pd.DataFrame([
-        {"doc_id": "a.b/c:1", "title": "Operations Guide", "text": " ".join(sentences(40))},
-        {"doc_id": "guides/setup.md", "title": "", "text": "\n\n".join(sentences(25, start=100))},
-        {"doc_id": "short.txt", "title": "Short", "text": "Tiny doc."},
-    ])
+    return pd.DataFrame(
+        [
+            {"doc_id": "a.b/c:1", "title": "Operations Guide", "text": " ".join(sentences(40))},
+            {"doc_id": "guides/setup.md", "title": "", "text": "\n\n".join(sentences(25, start=100))},
+            {"doc_id": "short.txt", "title": "Short", "text": "Tiny doc."},
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,12 @@ def test_stable_ids_across_runs_and_processes(tok) -> None:
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "random"}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == first["chunk_id"].tolist()
@@ -150,8 +157,9 @@ def test_editing_one_document_changes_only_its_ids(tok) -> None:
     docs.loc[1, "text"] = docs.loc[1, "text"] + "\n\nA new closing paragraph was added today."
     after = chunk_documents(docs, tok, max_tokens=64)
     for doc_id in ("a.b/c:1", "short.txt"):
-        assert (before[before.doc_id == doc_id]["chunk_id"].tolist()
-                == after[after.doc_id == doc_id]["chunk_id"].tolist())
+        assert (
+            before[before.doc_id == doc_id]["chunk_id"].tolist() == after[after.doc_id == doc_id]["chunk_id"].tolist()
+        )
     old = set(before[before.doc_id == "guides/setup.md"]["chunk_id"])
     new = set(after[after.doc_id == "guides/setup.md"]["chunk_id"])
     assert new != old
@@ -160,11 +168,13 @@ def test_editing_one_document_changes_only_its_ids(tok) -> None:
 
 def test_duplicate_passages_and_min_chars(tok) -> None:
     six = " ".join(sentences(6))
-    docs = pd.DataFrame([
-        {"doc_id": "dup", "title": "", "text": " ".join(["The same sentence repeats here again."] * 30)},
-        {"doc_id": "tail", "title": "", "text": six + " Ok."},
-        {"doc_id": "tiny", "title": "", "text": "Ok."},
-    ])
+    docs = pd.DataFrame(
+        [
+            {"doc_id": "dup", "title": "", "text": " ".join(["The same sentence repeats here again."] * 30)},
+            {"doc_id": "tail", "title": "", "text": six + " Ok."},
+            {"doc_id": "tiny", "title": "", "text": "Ok."},
+        ]
+    )
     budget = n_tokens(tok, six)  # six sentences fill a chunk exactly; "Ok." spills over
     out = chunk_documents(docs, tok, max_tokens=budget, overlap_sentences=0, min_chars=50)
     dup = out[out.doc_id == "dup"]
@@ -182,7 +192,8 @@ def test_title_counts_toward_budget(tok) -> None:
     plain = chunk_documents(pd.DataFrame([{"doc_id": "d", "title": "", "text": text}]), tok, 64)
     titled = chunk_documents(
         pd.DataFrame([{"doc_id": "d", "title": "A rather long document title " * 2, "text": text}]),
-        tok, 64,
+        tok,
+        64,
     )
     assert len(titled) > len(plain)
     assert all(p.startswith("A rather long document title") for p in titled["passage"])

@@ -66,7 +66,11 @@ def test_folder_loads_every_format(corpus: Path) -> None:
     df = loaded.documents
     assert list(df.columns) == ["doc_id", "title", "text", "source"]
     assert list(df["doc_id"]) == [
-        "guides/setup.md", "h1only.htm", "notes.txt", "page.html", "paper.pdf",
+        "guides/setup.md",
+        "h1only.htm",
+        "notes.txt",
+        "page.html",
+        "paper.pdf",
     ]
     docs = df.set_index("doc_id")
     assert docs.loc["guides/setup.md", "title"] == "Setup Guide"
@@ -91,22 +95,29 @@ def test_single_files_and_pdf_without_title(tmp_path: Path) -> None:
     pdf = tmp_path / "report.pdf"
     pdf.write_bytes(make_pdf(["Quarterly numbers went up."]))
     df = load_documents(pdf).documents
-    assert df.to_dict("records") == [{
-        "doc_id": "report.pdf", "title": "report", "text": "Quarterly numbers went up.",
-        "source": str(pdf),
-    }]
+    assert df.to_dict("records") == [
+        {
+            "doc_id": "report.pdf",
+            "title": "report",
+            "text": "Quarterly numbers went up.",
+            "source": str(pdf),
+        }
+    ]
     md = tmp_path / "readme.markdown"
     md.write_text("No heading here, just text.")
     assert load_documents(str(md)).documents.loc[0, "title"] == "readme"
 
 
 def test_beir_jsonl_keeps_opaque_string_ids(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "corpus.jsonl", [
-        {"_id": "a.b/c:1", "title": "T1", "text": "first"},
-        {"_id": "007", "text": "second, no title"},
-        "",
-        {"_id": "1e3", "title": "", "text": "third"},
-    ])
+    path = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [
+            {"_id": "a.b/c:1", "title": "T1", "text": "first"},
+            {"_id": "007", "text": "second, no title"},
+            "",
+            {"_id": "1e3", "title": "", "text": "third"},
+        ],
+    )
     df = load_documents(path).documents
     assert list(df["doc_id"]) == ["a.b/c:1", "007", "1e3"]
     assert all(isinstance(v, str) for v in df["doc_id"])
@@ -192,9 +203,14 @@ def test_jsonl_bad_line(tmp_path: Path, line: str, fragment: str) -> None:
 
 
 def test_jsonl_duplicate_id_names_both_lines(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "corpus.jsonl", [
-        {"_id": "d", "text": "one"}, {"_id": "e", "text": "two"}, {"_id": "d", "text": "three"},
-    ])
+    path = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [
+            {"_id": "d", "text": "one"},
+            {"_id": "e", "text": "two"},
+            {"_id": "d", "text": "three"},
+        ],
+    )
     with pytest.raises(DocumentError, match=r"corpus.jsonl, line 3: duplicate _id 'd' on lines 1 and 3"):
         load_documents(path)
     loaded = load_documents(path, on_error="skip")

@@ -158,9 +158,7 @@ def test_dense_search_ranks_the_obvious_document_first(model: SentenceTransforme
     queries = {"q1": "which instrument is played with a bow?", "q2": "baking a cake"}
 
     results = dense_search(model, list(CORPUS), list(CORPUS.values()), queries, top_k=3)
-    prompted = dense_search(
-        model, list(CORPUS), list(CORPUS.values()), queries, top_k=3, query_prompt="query: "
-    )
+    prompted = dense_search(model, list(CORPUS), list(CORPUS.values()), queries, top_k=3, query_prompt="query: ")
 
     assert next(iter(results["q1"])) == "d:5"
     assert next(iter(results["q2"])) == "doc-2"

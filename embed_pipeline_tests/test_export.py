@@ -38,9 +38,7 @@ def reference() -> np.ndarray:
 def test_export_writes_a_valid_self_describing_folder(exported: Path) -> None:
     model = onnx.load(str(exported / "model.onnx"))
     onnx.checker.check_model(model)
-    inputs = {
-        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input
-    }
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     info = json.loads((exported / "export.json").read_text())
 
     assert inputs == {
@@ -62,9 +60,7 @@ def test_export_writes_a_valid_self_describing_folder(exported: Path) -> None:
 @pytest.mark.parametrize("batch_size", [1, len(TEXTS)])
 def test_onnx_matches_pytorch(exported: Path, reference: np.ndarray, batch_size: int) -> None:
     # batch_size=len(TEXTS) puts all lengths in one padded batch.
-    embeddings = OnnxEncoder(exported, providers=["CPUExecutionProvider"]).encode(
-        TEXTS, batch_size=batch_size
-    )
+    embeddings = OnnxEncoder(exported, providers=["CPUExecutionProvider"]).encode(TEXTS, batch_size=batch_size)
 
     assert embeddings.dtype == np.float32
     assert embeddings.shape == (len(TEXTS), 384)
@@ -141,9 +137,7 @@ def test_export_without_normalize_module_still_normalises(tmp_path: Path, refere
         ),
     ],
 )
-def test_export_refuses_unsupported_models(
-    tmp_path: Path, modules: list[dict], pooling: dict, message: str
-) -> None:
+def test_export_refuses_unsupported_models(tmp_path: Path, modules: list[dict], pooling: dict, message: str) -> None:
     model_dir = _link_model(tmp_path, modules, pooling)
 
     with pytest.raises(ValueError, match=message):

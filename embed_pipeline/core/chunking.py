@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 __all__ = ["CHUNK_COLUMNS", "chunk_documents", "content_hash"]
 
 CHUNK_COLUMNS = [
-    "chunk_id", "doc_id", "chunk_index", "title", "text", "passage", "content_hash", "n_tokens",
+    "chunk_id",
+    "doc_id",
+    "chunk_index",
+    "title",
+    "text",
+    "passage",
+    "content_hash",
+    "n_tokens",
 ]
 
 _WINDOW = 2000  # characters per pysbd call
@@ -62,7 +69,10 @@ def chunk_documents(
     rows: list[dict[str, Any]] = []
     for doc_id, title, text in tqdm(
         documents[["doc_id", "title", "text"]].itertuples(index=False, name=None),
-        total=len(documents), desc="chunking", unit="doc", disable=len(documents) < 50,
+        total=len(documents),
+        desc="chunking",
+        unit="doc",
+        disable=len(documents) < 50,
     ):
         title = title.strip() if isinstance(title, str) else ""
         if not isinstance(text, str) or not text.strip():
@@ -77,11 +87,18 @@ def chunk_documents(
             if digest in seen:
                 continue
             seen.add(digest)
-            rows.append({
-                "chunk_id": f"{doc_id}#{digest}", "doc_id": doc_id, "chunk_index": len(seen) - 1,
-                "title": title, "text": chunk_text, "passage": passage,
-                "content_hash": digest, "n_tokens": n_tokens,
-            })
+            rows.append(
+                {
+                    "chunk_id": f"{doc_id}#{digest}",
+                    "doc_id": doc_id,
+                    "chunk_index": len(seen) - 1,
+                    "title": title,
+                    "text": chunk_text,
+                    "passage": passage,
+                    "content_hash": digest,
+                    "n_tokens": n_tokens,
+                }
+            )
     out = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
     return out.astype({"chunk_index": "int64", "n_tokens": "int64"})
 
@@ -135,7 +152,7 @@ class _Chunker:
             else:  # last resort: a single sentence longer than the budget
                 for cut in self._token_cuts(text, s, e, budget):
                     units.append(cut)
-                    unit_counts.append(self.count(text[cut[0]:cut[1]]) - self.specials)
+                    unit_counts.append(self.count(text[cut[0] : cut[1]]) - self.specials)
 
         chunks: list[tuple[str, str, int]] = []
         start = 0
@@ -145,7 +162,7 @@ class _Chunker:
                 total += unit_counts[end]
                 end += 1
             while True:  # verify on the real passage; tokenization need not be additive
-                chunk_text = text[units[start][0]:units[end - 1][1]]
+                chunk_text = text[units[start][0] : units[end - 1][1]]
                 n_tokens = self.count(prefix + chunk_text)
                 if n_tokens <= self.max_tokens:
                     break
@@ -157,14 +174,14 @@ class _Chunker:
                 cuts = self._token_cuts(text, s, e, max(1, unit_counts[start] - excess))
                 if cuts == [(s, e)]:  # cannot cut further (pathological tokenization): keep it
                     break
-                units[start:start + 1] = cuts
-                unit_counts[start:start + 1] = [self.count(text[a:b]) - self.specials for a, b in cuts]
+                units[start : start + 1] = cuts
+                unit_counts[start : start + 1] = [self.count(text[a:b]) - self.specials for a, b in cuts]
                 end = start + 1
             chunks.append((chunk_text, prefix + chunk_text, n_tokens))
             if end >= len(units):
                 break
             nxt = max(end - self.overlap, start + 1)
-            while nxt < end and sum(unit_counts[nxt:end + 1]) > budget:
+            while nxt < end and sum(unit_counts[nxt : end + 1]) > budget:
                 nxt += 1  # shrink the overlap so the next chunk makes progress
             start = nxt
         return chunks
@@ -198,7 +215,7 @@ class _Chunker:
         spans: list[tuple[int, int]] = []
         pos, width = 0, _WINDOW
         while pos < len(para):
-            window = para[pos:pos + width]
+            window = para[pos : pos + width]
             segments = self.segmenter.segment(window)
             if "".join(segments) != window:  # pysbd altered the text: keep the window whole
                 segments = [window]

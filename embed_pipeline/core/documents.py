@@ -62,9 +62,7 @@ class _Problem(Exception):
         return DocumentError(f"{self.label}: {self.reason}")
 
 
-def load_documents(
-    path: str | Path, on_error: Literal["raise", "skip"] = "raise"
-) -> LoadedDocuments:
+def load_documents(path: str | Path, on_error: Literal["raise", "skip"] = "raise") -> LoadedDocuments:
     """Load a folder of documents, a single document, or a BEIR ``corpus.jsonl``.
 
     With ``on_error="raise"`` the first unusable file raises :class:`DocumentError`; with
@@ -101,15 +99,12 @@ def load_documents(
         files = _walk(root)
         if not files:
             raise DocumentError(
-                f"{root}: folder contains no (non-hidden) files; add .txt, .md, .html, .pdf "
-                "or corpus .jsonl files"
+                f"{root}: folder contains no (non-hidden) files; add .txt, .md, .html, .pdf or corpus .jsonl files"
             )
     else:
         suffix = root.suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
-            raise DocumentError(
-                f"{root}: {_unsupported(suffix)}; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
-            )
+            raise DocumentError(f"{root}: {_unsupported(suffix)}; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}")
         files = [(root, root.name)]
 
     for file, rel in files:
@@ -159,8 +154,7 @@ def _read_bytes(file: Path) -> bytes:
         data = file.read_bytes()
     except OSError as exc:
         raise _Problem(
-            str(file), f"file is not readable ({exc.strerror or exc}); check that it exists "
-            "and its permissions"
+            str(file), f"file is not readable ({exc.strerror or exc}); check that it exists and its permissions"
         ) from exc
     if not data.strip():
         raise _Problem(str(file), "file is empty or whitespace-only; remove it or add content")
@@ -171,15 +165,16 @@ def _decode(file: Path, data: bytes) -> str:
     nul = data.find(b"\x00")
     if nul >= 0:
         raise _Problem(
-            str(file), f"binary content (NUL byte at offset {nul}) in a text file; "
-            "remove it or give it the right extension"
+            str(file),
+            f"binary content (NUL byte at offset {nul}) in a text file; remove it or give it the right extension",
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Problem(
-            str(file), f"not valid UTF-8 (invalid byte 0x{data[exc.start]:02x} at byte offset "
-            f"{exc.start}); re-save the file as UTF-8"
+            str(file),
+            f"not valid UTF-8 (invalid byte 0x{data[exc.start]:02x} at byte offset "
+            f"{exc.start}); re-save the file as UTF-8",
         ) from exc
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
@@ -200,8 +195,9 @@ def _read_file(file: Path, doc_id: str) -> dict[str, str]:
             title, text = None, raw
     text = text.strip()
     if not text:
-        raise _Problem(str(file), "no text left after extraction (empty or whitespace-only); "
-                       "remove the file or add content")
+        raise _Problem(
+            str(file), "no text left after extraction (empty or whitespace-only); remove the file or add content"
+        )
     return {"doc_id": doc_id, "title": title or file.stem, "text": text, "source": str(file)}
 
 
@@ -220,8 +216,30 @@ def _markdown_title(text: str) -> str | None:
 
 
 _BLOCK_TAGS = [
-    "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote",
-    "section", "article", "header", "footer", "table", "ul", "ol", "dl", "dt", "dd", "hr",
+    "p",
+    "div",
+    "br",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "table",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "hr",
 ]
 
 
@@ -259,14 +277,14 @@ def _parse_pdf(file: Path, data: bytes) -> tuple[str | None, str]:
         raise
     except Exception as exc:  # pypdf raises many types for malformed files
         raise _Problem(
-            str(file), f"PDF could not be parsed ({type(exc).__name__}: {exc}); "
-            "check that the file is a valid, uncorrupted PDF"
+            str(file),
+            f"PDF could not be parsed ({type(exc).__name__}: {exc}); check that the file is a valid, uncorrupted PDF",
         ) from exc
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:
         raise _Problem(
-            str(file), "PDF has no extractable text; it may be scanned (images only) and "
-            "needs OCR first (e.g. ocrmypdf)"
+            str(file),
+            "PDF has no extractable text; it may be scanned (images only) and needs OCR first (e.g. ocrmypdf)",
         )
     title = " ".join(str(meta_title).split()) if isinstance(meta_title, str) else None
     return title or None, text
@@ -299,15 +317,18 @@ def _read_jsonl(file: Path) -> list[dict[str, str] | _Problem]:
             continue
         doc_id = obj["_id"]
         if doc_id in first_line:
-            out.append(problem(
-                f"duplicate _id {doc_id!r} on lines {first_line[doc_id]} and {number}; "
-                "_ids must be unique: rename or remove one"
-            ))
+            out.append(
+                problem(
+                    f"duplicate _id {doc_id!r} on lines {first_line[doc_id]} and {number}; "
+                    "_ids must be unique: rename or remove one"
+                )
+            )
             continue
         first_line[doc_id] = number
         title = obj.get("title") or ""
-        out.append({"doc_id": doc_id, "title": title.strip(), "text": obj["text"].strip(),
-                    "source": f"{file}:{number}"})
+        out.append(
+            {"doc_id": doc_id, "title": title.strip(), "text": obj["text"].strip(), "source": f"{file}:{number}"}
+        )
     if not out:
         raise _Problem(str(file), "corpus has no records; " + _JSONL_HINT)
     return out

@@ -68,9 +68,7 @@ def retrieval_metrics(qrels: Qrels, results: Results, ks: tuple[int, ...] = KS) 
     # pytrec_eval rejects numpy scores; also copy so BEIR never touches the caller's dicts.
     run = {qid: {doc: float(s) for doc, s in results.get(qid, {}).items()} for qid in qrels}
     k_values = sorted(set(ks))
-    ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(
-        qrels, run, k_values, ignore_identical_ids=False
-    )
+    ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(qrels, run, k_values, ignore_identical_ids=False)
     mrr = EvaluateRetrieval.evaluate_custom(qrels, run, [10], metric="mrr")
     metrics: dict[str, float] = {}
     for k in k_values:
@@ -82,9 +80,7 @@ def retrieval_metrics(qrels: Qrels, results: Results, ks: tuple[int, ...] = KS) 
     return metrics
 
 
-def bm25_search(
-    corpus_ids: list[str], corpus_texts: list[str], queries: dict[str, str], top_k: int = 100
-) -> Results:
+def bm25_search(corpus_ids: list[str], corpus_texts: list[str], queries: dict[str, str], top_k: int = 100) -> Results:
     """Rank the corpus for each query with BM25 (English stopwords, Snowball stemmer).
 
     Documents sharing no term with a query score 0 and are left out rather than listed in
@@ -163,9 +159,7 @@ def collapse_to_documents(results: Results, chunk_to_doc: dict[str, str]) -> Res
             try:
                 doc_id = chunk_to_doc[chunk_id]
             except KeyError:
-                raise ValueError(
-                    f"chunk id {chunk_id!r} (query {qid!r}) is missing from chunk_to_doc"
-                ) from None
+                raise ValueError(f"chunk id {chunk_id!r} (query {qid!r}) is missing from chunk_to_doc") from None
             if doc_id not in best or score > best[doc_id]:
                 best[doc_id] = score
         collapsed[qid] = dict(sorted(best.items(), key=lambda item: item[1], reverse=True))
@@ -185,9 +179,7 @@ def load_beir_queries(beir_dir: str | Path, split: str = "test") -> tuple[dict[s
     qrels_path = folder / "qrels" / f"{split}.tsv"
     for path in (queries_path, qrels_path):
         if not path.is_file():
-            raise ValueError(
-                f"{path} does not exist (a BEIR folder needs queries.jsonl and qrels/{split}.tsv)"
-            )
+            raise ValueError(f"{path} does not exist (a BEIR folder needs queries.jsonl and qrels/{split}.tsv)")
 
     all_queries = _read_queries(queries_path)
     qrels: Qrels = {}
@@ -207,9 +199,7 @@ def load_beir_queries(beir_dir: str | Path, split: str = "test") -> tuple[dict[s
             try:
                 score = int(raw_score)
             except ValueError:
-                raise ValueError(
-                    f"{qrels_path}:{lineno}: score must be an integer, got {raw_score!r}"
-                ) from None
+                raise ValueError(f"{qrels_path}:{lineno}: score must be an integer, got {raw_score!r}") from None
             if qid not in all_queries:
                 raise ValueError(f"{qrels_path}:{lineno}: query {qid!r} is not in {queries_path}")
             qrels.setdefault(qid, {})[doc_id] = score

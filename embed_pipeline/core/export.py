@@ -211,9 +211,7 @@ def _check_supported(model_dir: Path) -> int:
     if mode not in ("mean", ["mean"]):
         raise ValueError(f"{pooling_path}: pooling mode {mode!r} is not supported; only 'mean' is")
     if pooling.get("include_prompt", True) is False:
-        raise ValueError(
-            f"{pooling_path}: include_prompt=false (prompt tokens left out of pooling) is not supported"
-        )
+        raise ValueError(f"{pooling_path}: include_prompt=false (prompt tokens left out of pooling) is not supported")
 
     st_config_path = model_dir / "sentence_bert_config.json"
     st_config = {}
@@ -222,9 +220,7 @@ def _check_supported(model_dir: Path) -> int:
     if st_config.get("do_lower_case"):
         raise ValueError(f"{st_config_path}: do_lower_case=true is not supported")
     if st_config.get("transformer_task", "feature-extraction") != "feature-extraction":
-        raise ValueError(
-            f"{st_config_path}: transformer_task {st_config['transformer_task']!r} is not supported"
-        )
+        raise ValueError(f"{st_config_path}: transformer_task {st_config['transformer_task']!r} is not supported")
     if "max_seq_length" in st_config:
         return int(st_config["max_seq_length"])
     # sentence-transformers >=6 keeps the limit in the tokenizer config instead; an unset one

@@ -86,7 +86,7 @@ class LocalTransformersLLM(CustomLLM):
                 except queue.Empty:
                     break
             try:
-                for req, (text, n_prompt, n_completion) in zip(batch, self._generate(batch)):
+                for req, (text, n_prompt, n_completion) in zip(batch, self._generate(batch), strict=True):
                     req.future.set_result((text, n_prompt, n_completion))
             except Exception as exc:  # a failed batch fails each of its calls, never the worker
                 for req in batch:
@@ -113,7 +113,7 @@ class LocalTransformersLLM(CustomLLM):
             )
         new_tokens = out[:, enc.input_ids.shape[1] :]
         results = []
-        for req, row, mask in zip(batch, new_tokens, enc.attention_mask):
+        for req, row, mask in zip(batch, new_tokens, enc.attention_mask, strict=True):
             text = tok.decode(row, skip_special_tokens=True)
             for stop in req.stop:
                 text = text.split(stop)[0]
@@ -121,9 +121,21 @@ class LocalTransformersLLM(CustomLLM):
             results.append((text, int(mask.sum()), n_completion))
         return results
 
-    def completion(self, model: str, messages: list, api_base: str, custom_prompt_dict: dict,
-                   model_response: ModelResponse, print_verbose, encoding, api_key, logging_obj,
-                   optional_params: dict, *args, **kwargs) -> ModelResponse:
+    def completion(
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: ModelResponse,
+        print_verbose,
+        encoding,
+        api_key,
+        logging_obj,
+        optional_params: dict,
+        *args,
+        **kwargs,
+    ) -> ModelResponse:
         self._load()
         stop = optional_params.get("stop") or []
         request = _Request(
@@ -136,7 +148,9 @@ class LocalTransformersLLM(CustomLLM):
         text, n_prompt, n_completion = request.future.result()
         model_response.choices[0].message.content = text  # type: ignore[union-attr]
         model_response.model = f"{PROVIDER}/{model}"
-        model_response.usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_completion, total_tokens=n_prompt + n_completion)
+        model_response.usage = Usage(
+            prompt_tokens=n_prompt, completion_tokens=n_completion, total_tokens=n_prompt + n_completion
+        )
         return model_response
 
 

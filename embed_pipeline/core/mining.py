@@ -30,19 +30,21 @@ def mine_negatives(
     question for which no negative survives gets an empty list (never silently dropped).
     """
     pairs = questions.explode("positive_chunk_ids").rename(columns={"positive_chunk_ids": "positive_chunk_id"})
-    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"]))
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     missing = sorted(set(pairs["positive_chunk_id"]) - passage_of.keys())
     if missing:
         raise ValueError(f"positive_chunk_ids not in the chunked corpus: {missing[:5]} (of {len(missing)})")
     chunk_of_passage: dict[str, str] = {}
-    for chunk_id, passage in zip(chunks["chunk_id"], chunks["passage"]):
+    for chunk_id, passage in zip(chunks["chunk_id"], chunks["passage"], strict=True):
         chunk_of_passage.setdefault(passage, chunk_id)
-    qid_of_text = dict(zip(questions["question"], questions["question_id"]))
+    qid_of_text = dict(zip(questions["question"], questions["question_id"], strict=True))
 
-    dataset = Dataset.from_dict({
-        "anchor": pairs["question"].tolist(),
-        "positive": [passage_of[c] for c in pairs["positive_chunk_id"]],
-    })
+    dataset = Dataset.from_dict(
+        {
+            "anchor": pairs["question"].tolist(),
+            "positive": [passage_of[c] for c in pairs["positive_chunk_id"]],
+        }
+    )
     mined = mine_hard_negatives(
         dataset,
         model,
@@ -58,7 +60,7 @@ def mine_negatives(
         verbose=False,
     )
     found: dict[tuple[str, str], dict] = {}
-    for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
+    for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"], strict=True):
         key = (qid_of_text[anchor], chunk_of_passage[docs[0]])
         found[key] = {
             "positive_score": scores[0],
@@ -67,10 +69,18 @@ def mine_negatives(
         }
     rows = []
     for row in pairs.itertuples(index=False):
-        hit = found.get((row.question_id, row.positive_chunk_id),
-                        {"positive_score": None, "negative_chunk_ids": [], "negative_scores": []})
-        rows.append({"question_id": row.question_id, "question": row.question,
-                     "positive_chunk_id": row.positive_chunk_id, **hit})
+        hit = found.get(
+            (row.question_id, row.positive_chunk_id),
+            {"positive_score": None, "negative_chunk_ids": [], "negative_scores": []},
+        )
+        rows.append(
+            {
+                "question_id": row.question_id,
+                "question": row.question,
+                "positive_chunk_id": row.positive_chunk_id,
+                **hit,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -79,18 +89,20 @@ def unroll_training_rows(mined: pd.DataFrame, chunks: pd.DataFrame, num_negative
 
     Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`).
     """
-    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"]))
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     rows = []
     for row in mined.itertuples(index=False):
         negatives = list(row.negative_chunk_ids)[:num_negatives]
         if len(negatives) < num_negatives:
             continue
-        rows.append({
-            "question_id": row.question_id,
-            "anchor": row.question,
-            "positive": passage_of[row.positive_chunk_id],
-            **{f"negative_{i}": passage_of[c] for i, c in enumerate(negatives, start=1)},
-        })
+        rows.append(
+            {
+                "question_id": row.question_id,
+                "anchor": row.question,
+                "positive": passage_of[row.positive_chunk_id],
+                **{f"negative_{i}": passage_of[c] for i, c in enumerate(negatives, start=1)},
+            }
+        )
     columns = ["question_id", "anchor", "positive", *[f"negative_{i}" for i in range(1, num_negatives + 1)]]
     return pd.DataFrame(rows, columns=columns)
 

@@ -27,8 +27,11 @@ REAL = "real_queries"
 def synthetic_test_set(questions: pd.DataFrame) -> tuple[dict[str, str], Qrels]:
     """Queries and chunk-level qrels from the held-out questions (every supporting chunk is relevant)."""
     test = questions[questions["split"] == "test"]
-    queries = dict(zip(test["question_id"], test["question"]))
-    qrels = {qid: {c: 1 for c in positives} for qid, positives in zip(test["question_id"], test["positive_chunk_ids"])}
+    queries = dict(zip(test["question_id"], test["question"], strict=True))
+    qrels = {
+        qid: {c: 1 for c in positives}
+        for qid, positives in zip(test["question_id"], test["positive_chunk_ids"], strict=True)
+    }
     return queries, qrels
 
 
@@ -49,8 +52,12 @@ def evaluate_systems(
     from sentence_transformers import SentenceTransformer
 
     ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
-    chunk_to_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"]))
-    report: dict = {"query_sets": {}, "timings_s": {}, "corpus": {"chunks": len(ids), "documents": int(chunks["doc_id"].nunique())}}
+    chunk_to_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
+    report: dict = {
+        "query_sets": {},
+        "timings_s": {},
+        "corpus": {"chunks": len(ids), "documents": int(chunks["doc_id"].nunique())},
+    }
 
     # All query sets go through one search per system, so the corpus is encoded once per model.
     merged = {(name, qid): text for name, (queries, _, _) in query_sets.items() for qid, text in queries.items()}
@@ -71,8 +78,9 @@ def evaluate_systems(
     score("BM25", lambda queries: bm25_search(ids, passages, queries, top_k=top_k))
     for system, path in models.items():
         model = SentenceTransformer(path, device=device)
-        score(system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k,
-                                                             batch_size=batch_size))
+        score(
+            system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
+        )
         del model
     return report
 

@@ -212,8 +212,13 @@ def generate_questions(
     selected = select_chunks(chunks, max_chunks, seed)
     jobs = [(row, i) for row in selected.itertuples(index=False) for i in range(questions_per_chunk)]
     todo = [(row, i) for row, i in jobs if cache.get(cache_key(row.content_hash, settings.model, i)) is None]
-    log.info("%d generations requested, %d cached, %d to call %s", len(jobs), len(jobs) - len(todo),
-             len(todo), settings.model)
+    log.info(
+        "%d generations requested, %d cached, %d to call %s",
+        len(jobs),
+        len(jobs) - len(todo),
+        len(todo),
+        settings.model,
+    )
 
     failures: dict[tuple[str, int], str] = {}
     started = time.perf_counter()
@@ -226,9 +231,16 @@ def generate_questions(
             except Exception as exc:  # one failed chunk never sinks the batch; it is retried next run
                 failures[(row.chunk_id, i)] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 continue
-            cache.put({"key": cache_key(row.content_hash, settings.model, i), "model": settings.model,
-                       "prompt_version": PROMPT_VERSION, "content_hash": row.content_hash,
-                       "sample_index": i, **result})
+            cache.put(
+                {
+                    "key": cache_key(row.content_hash, settings.model, i),
+                    "model": settings.model,
+                    "prompt_version": PROMPT_VERSION,
+                    "content_hash": row.content_hash,
+                    "sample_index": i,
+                    **result,
+                }
+            )
     call_seconds = time.perf_counter() - started
 
     accepted, rejected, seen = [], [], set()
@@ -244,14 +256,21 @@ def generate_questions(
                 question, reason = None, "duplicate question"
         if question is None:
             reasons[reason.split(":")[0]] += 1
-            rejected.append({"chunk_id": row.chunk_id, "sample_index": i, "reason": reason,
-                             "completion": completion})
+            rejected.append({"chunk_id": row.chunk_id, "sample_index": i, "reason": reason, "completion": completion})
             continue
         seen.add(question.lower())
-        accepted.append({"question_id": question_id(row.chunk_id, i), "question": question,
-                         "doc_id": row.doc_id, "source_chunk_id": row.chunk_id,
-                         "positive_chunk_ids": [row.chunk_id], "hops": 1, "model": settings.model,
-                         "prompt_version": PROMPT_VERSION})
+        accepted.append(
+            {
+                "question_id": question_id(row.chunk_id, i),
+                "question": question,
+                "doc_id": row.doc_id,
+                "source_chunk_id": row.chunk_id,
+                "positive_chunk_ids": [row.chunk_id],
+                "hops": 1,
+                "model": settings.model,
+                "prompt_version": PROMPT_VERSION,
+            }
+        )
 
     new_entries = [cache.get(cache_key(r.content_hash, settings.model, i)) for r, i in todo]
     new_entries = [e for e in new_entries if e is not None]
@@ -270,11 +289,18 @@ def generate_questions(
         "call_seconds": round(call_seconds, 1),
         "questions_per_second": round(len(new_entries) / call_seconds, 3) if new_entries else None,
     }
-    columns = ["question_id", "question", "doc_id", "source_chunk_id", "positive_chunk_ids", "hops",
-               "model", "prompt_version"]
+    columns = [
+        "question_id",
+        "question",
+        "doc_id",
+        "source_chunk_id",
+        "positive_chunk_ids",
+        "hops",
+        "model",
+        "prompt_version",
+    ]
     return GenerationResult(
         questions=pd.DataFrame(accepted, columns=columns),
         rejected=pd.DataFrame(rejected, columns=["chunk_id", "sample_index", "reason", "completion"]),
         stats=stats,
     )
-

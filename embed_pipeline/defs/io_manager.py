@@ -1,6 +1,5 @@
 """Artifacts as plain files a user can open: tables as Parquet, everything else as JSON."""
 
-
 import json
 import os
 import tempfile

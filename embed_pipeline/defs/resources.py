@@ -1,6 +1,5 @@
 """Dagster resources: where documents and artifacts live, and the one compute device."""
 
-
 import os
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """Documents in, chunks out."""
 
-
 import time
 
 import dagster as dg
@@ -13,41 +12,52 @@ from embed_pipeline.defs.resources import PipelineResource
 
 
 @dg.asset(group_name="corpus", kinds={"pandas"})
-def raw_documents(context: dg.AssetExecutionContext, config: DocumentsConfig,
-                  pipeline: PipelineResource) -> pd.DataFrame:
+def raw_documents(
+    context: dg.AssetExecutionContext, config: DocumentsConfig, pipeline: PipelineResource
+) -> pd.DataFrame:
     """Documents read from the docs path (txt, md, html, pdf files or a BEIR corpus.jsonl)."""
     started = time.perf_counter()
     loaded = load_documents(pipeline.docs_path, on_error=config.on_error)
     for skipped in loaded.skipped:
         context.log.warning(f"Skipped {skipped.path}: {skipped.reason}")
     docs = loaded.documents
-    context.add_output_metadata({
-        "documents": len(docs),
-        "skipped_files": len(loaded.skipped),
-        "skipped": dg.MetadataValue.md("\n".join(f"- `{s.path}`: {s.reason}" for s in loaded.skipped) or "none"),
-        "characters": int(docs["text"].str.len().sum()),
-        "source": pipeline.docs_path,
-        "seconds": round(time.perf_counter() - started, 2),
-    })
+    context.add_output_metadata(
+        {
+            "documents": len(docs),
+            "skipped_files": len(loaded.skipped),
+            "skipped": dg.MetadataValue.md("\n".join(f"- `{s.path}`: {s.reason}" for s in loaded.skipped) or "none"),
+            "characters": int(docs["text"].str.len().sum()),
+            "source": pipeline.docs_path,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
     return docs
 
 
 @dg.asset(group_name="corpus", kinds={"pandas"})
-def chunked_corpus(context: dg.AssetExecutionContext, config: ChunkingConfig, pipeline: PipelineResource,
-                   raw_documents: pd.DataFrame) -> pd.DataFrame:
+def chunked_corpus(
+    context: dg.AssetExecutionContext, config: ChunkingConfig, pipeline: PipelineResource, raw_documents: pd.DataFrame
+) -> pd.DataFrame:
     """Token-aware chunks of whole sentences with stable content-hash ids."""
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(pipeline.base_model_path())
-    chunks = chunk_documents(raw_documents, tokenizer, max_tokens=config.max_tokens,
-                             overlap_sentences=config.overlap_sentences, min_chars=config.min_chars)
-    context.add_output_metadata({
-        "chunks": len(chunks),
-        "documents": int(chunks["doc_id"].nunique()),
-        "tokens_mean": round(float(chunks["n_tokens"].mean()), 1),
-        "tokens_max": int(chunks["n_tokens"].max()),
-        "seconds": round(time.perf_counter() - started, 2),
-        "preview": dg.MetadataValue.md(chunks[["chunk_id", "passage"]].head(5).to_markdown(index=False)),
-    })
+    chunks = chunk_documents(
+        raw_documents,
+        tokenizer,
+        max_tokens=config.max_tokens,
+        overlap_sentences=config.overlap_sentences,
+        min_chars=config.min_chars,
+    )
+    context.add_output_metadata(
+        {
+            "chunks": len(chunks),
+            "documents": int(chunks["doc_id"].nunique()),
+            "tokens_mean": round(float(chunks["n_tokens"].mean()), 1),
+            "tokens_max": int(chunks["n_tokens"].max()),
+            "seconds": round(time.perf_counter() - started, 2),
+            "preview": dg.MetadataValue.md(chunks[["chunk_id", "passage"]].head(5).to_markdown(index=False)),
+        }
+    )
     return chunks

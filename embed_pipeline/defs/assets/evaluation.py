@@ -1,6 +1,5 @@
 """The BEIR report: BM25 vs base vs fine-tuned, on held-out synthetic questions and real queries."""
 
-
 import json
 
 import dagster as dg
@@ -22,9 +21,15 @@ from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
 
 @dg.asset(group_name="evaluation", pool="gpu", kinds={"pytorch"})
-def beir_report(context: dg.AssetExecutionContext, config: EvaluationConfig, pipeline: PipelineResource,
-                compute: TorchDeviceResource, chunked_corpus: pd.DataFrame, qa_splits: pd.DataFrame,
-                finetuned_model: dict) -> dict:
+def beir_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    pipeline: PipelineResource,
+    compute: TorchDeviceResource,
+    chunked_corpus: pd.DataFrame,
+    qa_splits: pd.DataFrame,
+    finetuned_model: dict,
+) -> dict:
     """nDCG, Recall, MAP, Precision @1/5/10/100 and MRR@10 for every system on every query set."""
     queries, qrels = synthetic_test_set(qa_splits)
     query_sets = {SYNTHETIC: (queries, qrels, False)}
@@ -33,13 +38,18 @@ def beir_report(context: dg.AssetExecutionContext, config: EvaluationConfig, pip
         known = set(chunked_corpus["doc_id"])
         unknown = sorted({d for rel in real_qrels.values() for d in rel} - known)
         if unknown:
-            context.log.warning(f"{len(unknown)} judged documents are not in the corpus (e.g. {unknown[:3]}); "
-                                "they count as relevant but unretrievable.")
+            context.log.warning(
+                f"{len(unknown)} judged documents are not in the corpus (e.g. {unknown[:3]}); "
+                "they count as relevant but unretrievable."
+            )
         query_sets[REAL] = (real_queries, real_qrels, True)
     report = evaluate_systems(
-        chunked_corpus, query_sets,
+        chunked_corpus,
+        query_sets,
         models={"base": pipeline.base_model_path(), "fine-tuned": finetuned_model["path"]},
-        device=compute.torch_device(), top_k=config.top_k, batch_size=config.batch_size,
+        device=compute.torch_device(),
+        top_k=config.top_k,
+        batch_size=config.batch_size,
     )
     report["model_path"] = finetuned_model["path"]
     report["eval_beir_dir"] = pipeline.eval_beir_dir
@@ -52,14 +62,20 @@ def beir_report(context: dg.AssetExecutionContext, config: EvaluationConfig, pip
     headline = {
         f"{name}/{system}/{metric}": entry["systems"][system][metric]
         for name, entry in report["query_sets"].items()
-        for system in entry["systems"] for metric in ("nDCG@10", "Recall@10")
+        for system in entry["systems"]
+        for metric in ("nDCG@10", "Recall@10")
     }
-    context.add_output_metadata({
-        "table": dg.MetadataValue.md(table),
-        "plot": dg.MetadataValue.md("\n\n".join(
-            metric_bars_markdown(entry["systems"], HEADLINE_METRICS, name)
-            for name, entry in report["query_sets"].items())),
-        **headline,
-        "report_json": dg.MetadataValue.path(str(json_path)),
-    })
+    context.add_output_metadata(
+        {
+            "table": dg.MetadataValue.md(table),
+            "plot": dg.MetadataValue.md(
+                "\n\n".join(
+                    metric_bars_markdown(entry["systems"], HEADLINE_METRICS, name)
+                    for name, entry in report["query_sets"].items()
+                )
+            ),
+            **headline,
+            "report_json": dg.MetadataValue.path(str(json_path)),
+        }
+    )
     return report

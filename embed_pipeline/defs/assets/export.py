@@ -1,6 +1,5 @@
 """ONNX export of the fine-tuned model, pooling and L2 normalisation inside the graph."""
 
-
 import time
 
 import dagster as dg
@@ -13,11 +12,23 @@ from embed_pipeline.defs.resources import PipelineResource
 PARITY_CHECK = "matches_pytorch"
 
 
-@dg.asset(group_name="export", pool="gpu", kinds={"onnx"},
-          check_specs=[dg.AssetCheckSpec(PARITY_CHECK, asset="onnx_model",
-                                         description="ONNX embeddings equal PyTorch's within the tolerance.")])
-def onnx_model(context: dg.AssetExecutionContext, config: ExportConfig, pipeline: PipelineResource,
-               finetuned_model: dict, chunked_corpus: pd.DataFrame):
+@dg.asset(
+    group_name="export",
+    pool="gpu",
+    kinds={"onnx"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            PARITY_CHECK, asset="onnx_model", description="ONNX embeddings equal PyTorch's within the tolerance."
+        )
+    ],
+)
+def onnx_model(
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    pipeline: PipelineResource,
+    finetuned_model: dict,
+    chunked_corpus: pd.DataFrame,
+):
     """model.onnx plus tokenizer files, checked against the PyTorch checkpoint on sample passages."""
     started = time.perf_counter()
     out_dir = pipeline.artifacts("models", f"onnx-{context.run_id[:8]}")

@@ -1,6 +1,5 @@
 """Hard negatives, training rows and the fine-tuned checkpoint (GPU pool)."""
 
-
 import time
 
 import dagster as dg
@@ -14,48 +13,73 @@ from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
 
 @dg.asset(group_name="training", pool="gpu", kinds={"pytorch"})
-def hard_negatives(context: dg.AssetExecutionContext, config: MiningConfig, pipeline: PipelineResource,
-                   compute: TorchDeviceResource, qa_splits: pd.DataFrame,
-                   chunked_corpus: pd.DataFrame) -> pd.DataFrame:
+def hard_negatives(
+    context: dg.AssetExecutionContext,
+    config: MiningConfig,
+    pipeline: PipelineResource,
+    compute: TorchDeviceResource,
+    qa_splits: pd.DataFrame,
+    chunked_corpus: pd.DataFrame,
+) -> pd.DataFrame:
     """Base-model hard negatives for the training questions, positives masked, 95% margin."""
     from sentence_transformers import SentenceTransformer
 
     started = time.perf_counter()
     model = SentenceTransformer(pipeline.base_model_path(), device=compute.torch_device())
     train = qa_splits[qa_splits["split"] == "train"]
-    mined = mine_negatives(train, chunked_corpus, model, num_mined=config.num_mined,
-                           relative_margin=config.relative_margin, absolute_margin=config.absolute_margin,
-                           batch_size=config.batch_size)
+    mined = mine_negatives(
+        train,
+        chunked_corpus,
+        model,
+        num_mined=config.num_mined,
+        relative_margin=config.relative_margin,
+        absolute_margin=config.absolute_margin,
+        batch_size=config.batch_size,
+    )
     negative_scores = [s for scores in mined["negative_scores"] for s in scores]
-    context.add_output_metadata({
-        "pairs": len(mined),
-        "questions": int(mined["question_id"].nunique()),
-        "pairs_short_of_negatives": rows_short_of_negatives(mined, config.num_mined),
-        "positive_score_mean": round(float(mined["positive_score"].dropna().mean()), 4),
-        "negative_score_mean": round(sum(negative_scores) / max(1, len(negative_scores)), 4),
-        "score_distributions": dg.MetadataValue.md(histogram_markdown({
-            "positive": mined["positive_score"].dropna().tolist(), "negative": negative_scores})),
-        "seconds": round(time.perf_counter() - started, 1),
-    })
+    context.add_output_metadata(
+        {
+            "pairs": len(mined),
+            "questions": int(mined["question_id"].nunique()),
+            "pairs_short_of_negatives": rows_short_of_negatives(mined, config.num_mined),
+            "positive_score_mean": round(float(mined["positive_score"].dropna().mean()), 4),
+            "negative_score_mean": round(sum(negative_scores) / max(1, len(negative_scores)), 4),
+            "score_distributions": dg.MetadataValue.md(
+                histogram_markdown({"positive": mined["positive_score"].dropna().tolist(), "negative": negative_scores})
+            ),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     return mined
 
 
 @dg.asset(group_name="training", kinds={"pandas"})
-def training_set(context: dg.AssetExecutionContext, config: TrainingConfig, hard_negatives: pd.DataFrame,
-                 chunked_corpus: pd.DataFrame) -> pd.DataFrame:
+def training_set(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    hard_negatives: pd.DataFrame,
+    chunked_corpus: pd.DataFrame,
+) -> pd.DataFrame:
     """Unrolled rows: one per (question, positive), with the question's hard negatives."""
     rows = unroll_training_rows(hard_negatives, chunked_corpus, num_negatives=config.num_negatives)
-    context.add_output_metadata({
-        "rows": len(rows),
-        "questions": int(rows["question_id"].nunique()),
-        "left_out_short_of_negatives": rows_short_of_negatives(hard_negatives, config.num_negatives),
-    })
+    context.add_output_metadata(
+        {
+            "rows": len(rows),
+            "questions": int(rows["question_id"].nunique()),
+            "left_out_short_of_negatives": rows_short_of_negatives(hard_negatives, config.num_negatives),
+        }
+    )
     return rows
 
 
 @dg.asset(group_name="training", pool="gpu", kinds={"pytorch"})
-def finetuned_model(context: dg.AssetExecutionContext, config: TrainingConfig, pipeline: PipelineResource,
-                    compute: TorchDeviceResource, training_set: pd.DataFrame) -> dict:
+def finetuned_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    pipeline: PipelineResource,
+    compute: TorchDeviceResource,
+    training_set: pd.DataFrame,
+) -> dict:
     """Contrastive fine-tune (MNRL, temperature 0.02) saved as a sentence-transformers folder."""
     out = pipeline.artifacts("models", f"finetuned-{context.run_id[:8]}")
     stats = finetune(
@@ -70,9 +94,11 @@ def finetuned_model(context: dg.AssetExecutionContext, config: TrainingConfig, p
         batch_size=config.batch_size,
         seed=config.seed,
     )
-    context.add_output_metadata({
-        **{k: v for k, v in stats.items() if k not in ("loss_curve", "path")},
-        "model_path": dg.MetadataValue.path(stats["path"]),
-        "loss_curve": dg.MetadataValue.json(stats["loss_curve"]),
-    })
+    context.add_output_metadata(
+        {
+            **{k: v for k, v in stats.items() if k not in ("loss_curve", "path")},
+            "model_path": dg.MetadataValue.path(stats["path"]),
+            "loss_curve": dg.MetadataValue.json(stats["loss_curve"]),
+        }
+    )
     return stats

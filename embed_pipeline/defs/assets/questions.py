@@ -1,6 +1,5 @@
 """Synthetic questions from the LLM, then the split by document."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -11,8 +10,12 @@ from embed_pipeline.defs.resources import PipelineResource
 
 
 @dg.asset(group_name="questions", kinds={"pandas"})
-def synthetic_qa(context: dg.AssetExecutionContext, config: SyntheticQAConfig, pipeline: PipelineResource,
-                 chunked_corpus: pd.DataFrame) -> pd.DataFrame:
+def synthetic_qa(
+    context: dg.AssetExecutionContext,
+    config: SyntheticQAConfig,
+    pipeline: PipelineResource,
+    chunked_corpus: pd.DataFrame,
+) -> pd.DataFrame:
     """Questions an LLM wrote about each chunk, parsed and filtered; every response cached as it arrives."""
     result = generate_questions(
         chunked_corpus,
@@ -28,15 +31,18 @@ def synthetic_qa(context: dg.AssetExecutionContext, config: SyntheticQAConfig, p
             f"The LLM {config.model!r} produced no usable question ({stats['rejection_reasons']}); "
             "see the rejected examples in the logs and check the model settings."
         )
-    for reason in sorted({r.split(':')[0] for r in result.rejected['reason']}):
+    for reason in sorted({r.split(":")[0] for r in result.rejected["reason"]}):
         example = result.rejected[result.rejected["reason"].str.startswith(reason)].iloc[0]
         context.log.info(f"Rejected ({reason}): {example['completion']!r}")
-    context.add_output_metadata({
-        **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
-        "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
-        "examples": dg.MetadataValue.md(result.questions[["question", "source_chunk_id"]].head(8)
-                                        .to_markdown(index=False)),
-    })
+    context.add_output_metadata(
+        {
+            **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
+            "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
+            "examples": dg.MetadataValue.md(
+                result.questions[["question", "source_chunk_id"]].head(8).to_markdown(index=False)
+            ),
+        }
+    )
     return result.questions
 
 
@@ -45,10 +51,12 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_
     """Train/test assignment by document: no document has questions on both sides."""
     split = split_by_document(synthetic_qa, test_fraction=config.test_fraction, seed=config.seed)
     counts = split.groupby("split").agg(questions=("question_id", "size"), documents=("doc_id", "nunique"))
-    context.add_output_metadata({
-        "train_questions": int(counts.loc["train", "questions"]),
-        "test_questions": int(counts.loc["test", "questions"]),
-        "train_documents": int(counts.loc["train", "documents"]),
-        "test_documents": int(counts.loc["test", "documents"]),
-    })
+    context.add_output_metadata(
+        {
+            "train_questions": int(counts.loc["train", "questions"]),
+            "test_questions": int(counts.loc["test", "questions"]),
+            "train_documents": int(counts.loc["train", "documents"]),
+            "test_documents": int(counts.loc["test", "documents"]),
+        }
+    )
     return split

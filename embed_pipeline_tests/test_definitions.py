@@ -1,0 +1,61 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from embed_pipeline.definitions import defs
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_STEPS = {"hard_negatives", "finetuned_model", "beir_report", "onnx_model"}
+
+
+def test_dagster_definitions_validate_loads_the_code_location(tmp_path):
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "DAGSTER_HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", str(REPO / "workspace.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All code locations passed validation" in done.stdout + done.stderr
+
+
+def test_lineage_and_gpu_pool():
+    graph = defs.resolve_asset_graph()
+    upstream = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert upstream == {
+        "raw_documents": set(),
+        "chunked_corpus": {"raw_documents"},
+        "synthetic_qa": {"chunked_corpus"},
+        "qa_splits": {"synthetic_qa"},
+        "hard_negatives": {"qa_splits", "chunked_corpus"},
+        "training_set": {"hard_negatives", "chunked_corpus"},
+        "finetuned_model": {"training_set"},
+        "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model"},
+        "onnx_model": {"finetuned_model", "chunked_corpus"},
+    }
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
+    assert {k for k, p in pools.items() if p == {"gpu"}} == GPU_STEPS
+    assert all(not p for k, p in pools.items() if k not in GPU_STEPS)
+
+
+def test_instance_config_limits_every_pool_to_one_slot(tmp_path):
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1

@@ -1,0 +1,66 @@
+import pandas as pd
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from embed_pipeline.core.device import base_model_path
+from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
+
+QUESTION = "At what temperature does water boil at sea level?"
+PASSAGES = {
+    "pos/a.b:1": "Water boils at 100 degrees Celsius at sea level.",
+    "pos/a.b:2": "Boiling points fall as altitude rises because the air pressure drops.",
+    "near-dup": "At sea level, water boils at a temperature of 100 degrees Celsius.",
+    "related": "Ice melts into liquid water at zero degrees Celsius.",
+    "far-1": "The stock market closed higher on Friday after strong earnings reports.",
+    "far-2": "Bananas are rich in potassium and easy to digest.",
+    "far-3": "The violin has four strings tuned in perfect fifths.",
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SentenceTransformer(base_model_path(None), device="cpu")
+
+
+def _chunks() -> pd.DataFrame:
+    return pd.DataFrame({"chunk_id": list(PASSAGES), "passage": list(PASSAGES.values())})
+
+
+def test_margin_rule_drops_candidates_above_095_of_the_weakest_positive_and_masks_all_positives(model):
+    questions = pd.DataFrame(
+        {"question_id": ["q:1"], "question": [QUESTION], "positive_chunk_ids": [["pos/a.b:1", "pos/a.b:2"]]}
+    )
+    mined = mine_negatives(questions, _chunks(), model, num_mined=5, relative_margin=0.05)
+
+    q, docs = model.encode([QUESTION]), model.encode(list(PASSAGES.values()))
+    score = dict(zip(PASSAGES, model.similarity(q, docs)[0].tolist(), strict=True))
+    weakest = min(score["pos/a.b:1"], score["pos/a.b:2"])
+    assert score["near-dup"] > 0.95 * weakest, "fixture no longer exercises the margin"
+    assert score["related"] < 0.95 * weakest, "fixture no longer has a valid hard negative"
+
+    assert len(mined) == 2  # one row per positive, negatives shared
+    for row in mined.itertuples():
+        negatives = list(row.negative_chunk_ids)
+        assert not {"pos/a.b:1", "pos/a.b:2", "near-dup"} & set(negatives)
+        assert negatives[0] == "related"
+        assert all(s <= 0.95 * weakest + 1e-6 for s in row.negative_scores)
+        assert list(row.negative_scores) == sorted(row.negative_scores, reverse=True)
+    assert mined["negative_chunk_ids"].map(list).iloc[0] == mined["negative_chunk_ids"].map(list).iloc[1]
+
+
+def test_unrolling_gives_one_row_per_positive_and_leaves_out_rows_short_of_negatives(model):
+    questions = pd.DataFrame(
+        {"question_id": ["q:1"], "question": [QUESTION], "positive_chunk_ids": [["pos/a.b:1", "pos/a.b:2"]]}
+    )
+    mined = mine_negatives(questions, _chunks(), model, num_mined=5)
+    rows = unroll_training_rows(mined, _chunks(), num_negatives=3)
+    assert rows["positive"].tolist() == [PASSAGES["pos/a.b:1"], PASSAGES["pos/a.b:2"]]
+    assert list(rows.columns) == ["question_id", "anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert rows_short_of_negatives(mined, 5) == 2  # only 4 candidates survive the margin
+    assert unroll_training_rows(mined, _chunks(), num_negatives=5).empty
+
+
+def test_unknown_positive_is_a_clear_error(model):
+    questions = pd.DataFrame({"question_id": ["q"], "question": [QUESTION], "positive_chunk_ids": [["nope"]]})
+    with pytest.raises(ValueError, match="nope"):
+        mine_negatives(questions, _chunks(), model)

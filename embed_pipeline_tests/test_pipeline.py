@@ -1,0 +1,126 @@
+"""The whole asset graph, materialized in process with the real offline LLM on a tiny corpus."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from embed_pipeline.core.evaluation import KS
+from embed_pipeline.core.report import REAL, SYNTHETIC
+from embed_pipeline.definitions import ALL_ASSETS, build_resources
+from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
+
+N_QUERIES, N_DOCS = 3, 10
+
+
+def odd_id(doc_id: str) -> str:
+    return f"sci.{doc_id}/v:1"  # dots, slashes and colons must survive end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_beir(tmp_path_factory) -> Path:
+    """N_DOCS sample abstracts (the relevant ones of N_QUERIES real claims first), with odd ids."""
+    root = tmp_path_factory.mktemp("tiny_beir")
+    qrels_lines = (SAMPLE_CORPUS / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    qrels: dict[str, list[str]] = {}
+    for line in qrels_lines:
+        q, d, _ = line.split("\t")
+        qrels.setdefault(q, []).append(d)
+    queries = list(qrels)[:N_QUERIES]
+    wanted = {d for q in queries for d in qrels[q]}
+    corpus = [json.loads(line) for line in (SAMPLE_CORPUS / "corpus.jsonl").open()]
+    chosen = [d for d in corpus if d["_id"] in wanted] + [d for d in corpus if d["_id"] not in wanted]
+    with (root / "corpus.jsonl").open("w") as f:
+        for doc in chosen[:N_DOCS]:
+            f.write(json.dumps({**doc, "_id": odd_id(doc["_id"])}) + "\n")
+    texts = {json.loads(line)["_id"]: line for line in (SAMPLE_CORPUS / "queries.jsonl").open()}
+    (root / "queries.jsonl").write_text(
+        "".join(texts[q] if texts[q].endswith("\n") else texts[q] + "\n" for q in queries)
+    )
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{odd_id(d)}\t1\n" for q in queries for d in qrels[q])
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def materialized(tiny_beir, tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    pipeline = PipelineResource(
+        docs_path=str(tiny_beir / "corpus.jsonl"), artifacts_dir=str(artifacts), eval_beir_dir=str(tiny_beir)
+    )
+    run_config = {
+        "ops": {
+            "synthetic_qa": {"config": {"questions_per_chunk": 2, "temperature": 0.7}},
+            "qa_splits": {"config": {"test_fraction": 0.3}},
+            "hard_negatives": {"config": {"num_mined": 3}},
+            "training_set": {"config": {"num_negatives": 2}},
+            "finetuned_model": {"config": {"epochs": 1, "num_negatives": 2}},
+        }
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            ALL_ASSETS, resources=build_resources(pipeline, device="cpu"), run_config=run_config, instance=instance
+        )
+        yield result, artifacts
+
+
+def test_every_asset_materializes_with_metadata(materialized):
+    result, artifacts = materialized
+    assert result.success
+    events = result.get_asset_materialization_events()
+    keys = {e.event_specific_data.materialization.asset_key.to_user_string() for e in events}
+    assert keys == {
+        "raw_documents",
+        "chunked_corpus",
+        "synthetic_qa",
+        "qa_splits",
+        "hard_negatives",
+        "training_set",
+        "finetuned_model",
+        "beir_report",
+        "onnx_model",
+    }
+    for event in events:
+        assert event.event_specific_data.materialization.metadata, event.asset_key
+    for name in ("raw_documents", "chunked_corpus", "synthetic_qa", "qa_splits", "hard_negatives", "training_set"):
+        assert (artifacts / f"{name}.parquet").exists()
+
+
+def test_odd_ids_survive_and_questions_come_from_the_real_llm(materialized):
+    result, _ = materialized
+    chunks = result.output_for_node("chunked_corpus")
+    assert chunks["doc_id"].str.match(r"^sci\.\d+/v:1$").all()
+    questions = result.output_for_node("qa_splits")
+    assert questions["question"].str.endswith("?").all()
+    assert set(questions["model"]) == {"local/smollm2-135m-instruct"}
+    assert set(questions.explode("positive_chunk_ids")["positive_chunk_ids"]) <= set(chunks["chunk_id"])
+
+
+def test_report_has_every_metric_for_every_system_on_both_query_sets(materialized):
+    result, _ = materialized
+    report = result.output_for_node("beir_report")
+    expected = {f"{m}@{k}" for m in ("nDCG", "Recall", "MAP", "P") for k in KS} | {"MRR@10"}
+    assert set(report["query_sets"]) == {SYNTHETIC, REAL}
+    assert report["query_sets"][REAL]["n_queries"] == N_QUERIES
+    for entry in report["query_sets"].values():
+        assert set(entry["systems"]) == {"BM25", "base", "fine-tuned"}
+        for metrics in entry["systems"].values():
+            assert set(metrics) == expected
+            assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    saved = json.loads(Path(report["report_json"]).read_text())
+    assert saved["query_sets"] == report["query_sets"]
+
+
+def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materialized):
+    result, _ = materialized
+    model_dir = Path(result.output_for_node("finetuned_model")["path"])
+    assert (model_dir / "model.safetensors").exists()
+    assert not list(model_dir.rglob("*.bin")) and not list(model_dir.rglob("*.pt"))
+    assert SentenceTransformer(str(model_dir), device="cpu").encode(["hello"]).shape == (1, 384)
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [("matches_pytorch", True)]
+    assert result.output_for_node("onnx_model")["max_abs_difference"] < 1e-4
