@@ -3,6 +3,8 @@
 Takes 150 test claims (seed 42), every abstract relevant to them, and random other abstracts
 up to 300 in all, so the demo scores real human queries next to the synthetic test split.
 Run once by maintainers; the output is committed under embed_pipeline/sample_data/scifact_sample.
+With `--exclude-corpus` it builds a slice disjoint from another one (e.g. an "unseen" collection for
+checking `embed-pipeline run --docs ... --eval-beir ...` on documents the project never saw).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parents[1] / "embed_pipeline/sample_data/scifact_sample"
     )
+    parser.add_argument("--exclude-corpus", type=Path, help="corpus.jsonl whose abstracts must not be used")
+    parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
 
     corpus = [json.loads(line) for line in (args.scifact / "corpus.jsonl").open()]
@@ -33,10 +37,12 @@ def main() -> None:
         for row in csv.DictReader(f, delimiter="\t"):
             qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
 
-    rng = random.Random(SEED)
-    claims = sorted(rng.sample(sorted(qrels), N_CLAIMS), key=int)
+    excluded = {json.loads(line)["_id"] for line in args.exclude_corpus.open()} if args.exclude_corpus else set()
+    usable = sorted(q for q in qrels if not set(qrels[q]) & excluded)
+    rng = random.Random(args.seed)
+    claims = sorted(rng.sample(usable, min(N_CLAIMS, len(usable))), key=int)
     relevant = {doc for q in claims for doc in qrels[q]}
-    others = [d["_id"] for d in corpus if d["_id"] not in relevant]
+    others = [d["_id"] for d in corpus if d["_id"] not in relevant | excluded]
     chosen = relevant | set(rng.sample(others, N_DOCS - len(relevant)))
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 # The offline demo budget: enough questions to train on, small enough for a few minutes on 2 CPU cores.
-DEMO_MAX_CHUNKS = 160
+DEMO_MAX_CHUNKS = 120
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
 
 

@@ -84,3 +84,24 @@ class EvaluationConfig(dg.Config):
 class ExportConfig(dg.Config):
     opset: int = Field(default=17, description="ONNX opset.")
     parity_tolerance: float = Field(default=1e-4, description="Max abs difference allowed against PyTorch.")
+
+
+ASSET_CONFIGS: dict[str, type[dg.Config]] = {
+    "raw_documents": DocumentsConfig,
+    "chunked_corpus": ChunkingConfig,
+    "synthetic_qa": SyntheticQAConfig,
+    "qa_splits": SplitConfig,
+    "hard_negatives": MiningConfig,
+    "training_set, finetuned_model": TrainingConfig,
+    "beir_report": EvaluationConfig,
+    "onnx_model": ExportConfig,
+}
+
+
+def config_reference_markdown() -> str:
+    """The README's table of every knob, generated from the classes above so the two cannot drift."""
+    lines = ["| asset | field | default | what |", "|---|---|---|---|"]
+    for asset, cls in ASSET_CONFIGS.items():
+        for name, field in cls.model_fields.items():
+            lines.append(f"| `{asset}` | `{name}` | `{field.default}` | {field.description} |")
+    return "\n".join(lines)

@@ -1,0 +1,11 @@
+# One image for the user-code server, webserver and daemon (see docker-compose.yml).
+FROM python:3.11-slim
+WORKDIR /app
+ENV HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True DAGSTER_HOME=/opt/dagster/home \
+    EMBED_PIPELINE_ARTIFACTS=/data/artifacts PATH=/app/.venv/bin:$PATH
+COPY pyproject.toml requirements.lock ./
+COPY scripts ./scripts
+COPY embed_pipeline ./embed_pipeline
+RUN bash scripts/setup.sh
+COPY workspace.yaml ./
+RUN mkdir -p $DAGSTER_HOME && cp embed_pipeline/instance/dagster.postgres.yaml $DAGSTER_HOME/dagster.yaml
