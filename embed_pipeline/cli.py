@@ -154,6 +154,26 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
 
 
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from embed_pipeline.serving.app import create_app
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            print(f"error: --api-key-env names {args.api_key_env!r}, which is not set", file=sys.stderr)
+            return 2
+    try:
+        app = create_app(args.model, model_name=args.name, api_key=api_key, max_batch=args.max_batch)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from embed_pipeline.defs.resources import SAMPLE_CORPUS
 
@@ -165,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_flags(run)
     demo = commands.add_parser("demo", help="Run everything on the bundled 300-abstract SciFact sample.")
     _add_run_flags(demo)
+    server = commands.add_parser("serve", help="Serve an ONNX export as an OpenAI-compatible /v1/embeddings API.")
+    server.add_argument("--model", required=True, help="An ONNX export folder (artifacts/models/onnx-RUN).")
+    server.add_argument("--name", help="Model name reported by the API (default: the folder name).")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--api-key-env", help="Require this environment variable's value as bearer token.")
+    server.add_argument("--max-batch", type=int, default=256, help="Most inputs per request.")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     if args.command == "demo":
         args.docs, args.eval_beir = str(SAMPLE_CORPUS / "corpus.jsonl"), str(SAMPLE_CORPUS)
         if args.max_chunks is None and not args.config:

@@ -1,0 +1,133 @@
+"""An OpenAI-compatible `/v1/embeddings` server over an ONNX export (onnxruntime; CUDA when present).
+
+First version of the contract in the design notes: OpenAI request/response and error envelope,
+`encoding_format` float/base64, `dimensions` (truncate + re-normalise; sizes from `allowed_dimensions`),
+`input_type` accepted, `/v1/models`, liveness/readiness, optional bearer token, batch and length limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from embed_pipeline.core.export import OnnxEncoder
+
+
+class EmbeddingRequest(BaseModel):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, gt=0)
+    input_type: Literal["query", "passage", "document"] | None = None
+    user: str | None = None
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = "authentication_error" if status == 401 else "invalid_request_error"
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}}
+    )
+
+
+def create_app(
+    onnx_dir: str | Path,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_batch: int = 256,
+    max_input_chars: int = 32_768,
+    allowed_dimensions: list[int] | None = None,
+) -> FastAPI:
+    """Build the app around one ONNX export folder (loaded once, at start-up)."""
+    encoder = OnnxEncoder(onnx_dir)
+    name = model_name or Path(onnx_dir).resolve().name
+    dims = sorted(set(allowed_dimensions or [encoder.dim]))
+    if any(d > encoder.dim or d <= 0 for d in dims):
+        raise ValueError(f"allowed_dimensions {dims} must lie in 1..{encoder.dim} for {onnx_dir}")
+    app = FastAPI(title="embed_pipeline embeddings", version="1")
+    started = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        path = [str(p) for p in first.get("loc", ()) if p != "body"]
+        where = path[0] if path else None  # the request field, as OpenAI reports it
+        detail = ".".join(path) or "body"
+        return _error(400, f"Invalid request: {first.get('msg', 'malformed body')} (at {detail})", where)
+
+    def authorize(authorization: str | None) -> None:
+        if api_key is None:
+            return
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(token, api_key):
+            raise APIError(401, "Missing or wrong bearer token.", code="invalid_api_key")
+
+    @app.post("/v1/embeddings")
+    def embeddings(body: EmbeddingRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
+        authorize(authorization)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise APIError(400, "'input' must not be empty.", "input")
+        if len(texts) > max_batch:
+            raise APIError(413, f"At most {max_batch} inputs per request, got {len(texts)}.", "input")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise APIError(400, f"input[{i}] is empty.", "input")
+            if len(text) > max_input_chars:
+                raise APIError(413, f"input[{i}] has {len(text)} characters; the limit is {max_input_chars}.", "input")
+        if body.dimensions is not None and body.dimensions not in dims:
+            raise APIError(400, f"dimensions={body.dimensions} is not served; allowed: {dims}.", "dimensions")
+        vectors = encoder.encode(texts)
+        if body.dimensions is not None and body.dimensions < encoder.dim:
+            vectors = vectors[:, : body.dimensions]
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        n_tokens = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True)["input_ids"])
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
+                if body.encoding_format == "base64"
+                else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        return {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+
+    @app.get("/v1/models")
+    def models(authorization: Annotated[str | None, Header()] = None) -> dict:
+        authorize(authorization)
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "local"}]}
+
+    @app.get("/v1/health/live")
+    def live() -> dict:
+        return {"status": "live"}
+
+    @app.get("/v1/health/ready")
+    def ready() -> dict:
+        return {"status": "ready", "model": name, "dimensions": dims}
+
+    return app

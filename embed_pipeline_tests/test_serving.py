@@ -1,0 +1,87 @@
+"""The real server on a loopback port, called with the official openai client."""
+
+import base64
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import uvicorn
+from sentence_transformers import SentenceTransformer
+
+from embed_pipeline.core.device import base_model_path
+from embed_pipeline.core.export import export_onnx
+from embed_pipeline.serving.app import create_app
+
+TEXTS = ["How do statins lower cholesterol?", "Statins inhibit HMG-CoA reductase in the liver. " * 5]
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    onnx_dir = tmp_path_factory.mktemp("onnx") / "model"
+    export_onnx(base_model_path(None), onnx_dir)
+    app = create_app(onnx_dir, model_name="minilm-test", api_key=TOKEN, max_batch=4, allowed_dimensions=[384, 128])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return SentenceTransformer(base_model_path(None), device="cpu").encode(TEXTS, normalize_embeddings=True)
+
+
+def test_openai_client_gets_the_checkpoint_vectors(server, reference):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN)
+    response = client.embeddings.create(model="minilm-test", input=TEXTS)
+    got = np.array([d.embedding for d in response.data])
+    assert np.abs(got - reference).max() < 1e-4
+    assert response.usage.prompt_tokens > 0 and response.model == "minilm-test"
+
+
+def test_base64_and_dimensions_are_truncated_and_renormalised(server, reference):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN)
+    response = client.embeddings.create(model="minilm-test", input=TEXTS, dimensions=128, encoding_format="base64")
+    raw = response.data[0].embedding
+    vector = np.frombuffer(base64.b64decode(raw), dtype="<f4") if isinstance(raw, str) else np.array(raw)
+    expected = reference[0][:128] / np.linalg.norm(reference[0][:128])
+    assert vector.shape == (128,) and np.abs(vector - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"input": []}, 400, "input"),
+        ({"input": ["ok", ""]}, 400, "input"),
+        ({"input": 42}, 400, "input"),
+        ({"input": ["a"] * 5}, 413, "input"),
+        ({"input": "a", "dimensions": 100}, 400, "dimensions"),
+    ],
+)
+def test_bad_requests_get_the_openai_error_envelope(server, body, status, param):
+    r = httpx.post(f"{server}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_bad_json_and_wrong_token_are_rejected(server):
+    r = httpx.post(f"{server}/v1/embeddings", content=b"{not json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(f"{server}/v1/embeddings", json={"input": "hi"}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{server}/v1/models").status_code == 401
+    assert httpx.get(f"{server}/v1/health/ready").json()["dimensions"] == [128, 384]
