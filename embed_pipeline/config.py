@@ -38,16 +38,8 @@ class SyntheticQAConfig(dg.Config):
     seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
 
     def llm_settings(self) -> LLMSettings:
-        return LLMSettings(
-            model=self.model,
-            api_base=self.api_base,
-            api_key_env=self.api_key_env,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            concurrency=self.concurrency,
-            num_retries=self.num_retries,
-            timeout_s=self.timeout_s,
-        )
+        fields = LLMSettings.__dataclass_fields__
+        return LLMSettings(**{k: v for k, v in self.model_dump().items() if k in fields})
 
 
 class SplitConfig(dg.Config):

@@ -87,12 +87,7 @@ def finetuned_model(
         base_model=pipeline.base_model_path(),
         output_dir=out,
         device=compute.torch_device(),
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        temperature=config.temperature,
-        warmup_steps=config.warmup_steps,
-        batch_size=config.batch_size,
-        seed=config.seed,
+        **config.model_dump(exclude={"num_negatives"}),
     )
     context.add_output_metadata(
         {
