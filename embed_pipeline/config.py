@@ -33,8 +33,11 @@ class SyntheticQAConfig(dg.Config):
     temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
     max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")
     concurrency: int = Field(default=8, description="Parallel LLM calls (batched together for the local model).")
-    num_retries: int = Field(default=3, description="Retries with backoff on rate limits, 5xx and timeouts.")
+    num_retries: int = Field(
+        default=3, description="Retries with backoff on rate limits, 5xx, timeouts and malformed responses."
+    )
     timeout_s: float = Field(default=120.0, description="Timeout of one LLM call.")
+    backoff_s: float = Field(default=1.0, description="First retry delay; doubles each retry (with jitter).")
     seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
 
     def llm_settings(self) -> LLMSettings:

@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class OpenAIStub:
-    def __init__(self, answer: Callable[[str], str | int]):
-        """`answer(prompt)` returns the completion text, or an int HTTP status to fail with."""
+    def __init__(self, answer: Callable[[str], str | int | bytes]):
+        """`answer(prompt)` returns the completion text, an int HTTP status to fail with, or raw bytes to
+        send as a 200 body (a malformed response)."""
         self.answer = answer
         self.requests: list[str] = []
         stub = self
@@ -27,7 +28,9 @@ class OpenAIStub:
                 prompt = body["messages"][-1]["content"]
                 stub.requests.append(prompt)
                 reply = stub.answer(prompt)
-                if isinstance(reply, int):
+                if isinstance(reply, bytes):
+                    payload, status = None, 200
+                elif isinstance(reply, int):
                     payload, status = {"error": {"message": "stub failure", "type": "server_error"}}, reply
                 else:
                     status = 200
@@ -41,7 +44,7 @@ class OpenAIStub:
                         ],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                     }
-                data = json.dumps(payload).encode()
+                data = reply if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

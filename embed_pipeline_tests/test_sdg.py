@@ -1,4 +1,9 @@
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,3 +101,67 @@ def test_missing_api_key_variable_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NOPE_KEY", raising=False)
     with pytest.raises(ValueError, match="NOPE_KEY"):
         LLMSettings(api_key_env="NOPE_KEY").api_key()
+
+
+def test_transient_failures_are_retried_and_a_permanent_one_is_counted_not_fatal(tmp_path):
+    attempts: dict[str, int] = {}
+
+    def answer(prompt: str):
+        i = prompt.rsplit("Passage ", 1)[1].split(":")[0]
+        attempts[i] = attempts.get(i, 0) + 1
+        first = attempts[i] == 1
+        if i == "0" and first:
+            return 429
+        if i == "1" and first:
+            return 503
+        if i == "2" and first:
+            return b'{"choices": [{"message": '  # a malformed body
+        if i == "3" and first:
+            time.sleep(2)  # slower than the timeout
+        if i == "4":
+            return 500  # never recovers
+        return f" Which substrate does enzyme E{i} cleave in the liver?"
+
+    with OpenAIStub(answer) as server:
+        settings = LLMSettings(
+            model="openai/stub", api_base=server.url, num_retries=2, backoff_s=0.01, timeout_s=1, concurrency=3
+        )
+        result = generate_questions(_chunks(6), settings, tmp_path / "cache.jsonl")
+    assert result.stats["accepted"] == 5 and result.stats["llm_failures"] == 1
+    assert attempts == {"0": 2, "1": 2, "2": 2, "3": 2, "4": 3, "5": 1}
+    assert result.rejected["reason"].str.contains("LLM call failed").sum() == 1
+
+
+_KILLED_RUN = """
+import sys
+import pandas as pd
+from embed_pipeline.core.sdg import LLMSettings, generate_questions
+from embed_pipeline_tests.test_sdg import _chunks
+generate_questions(_chunks(12), LLMSettings(model="openai/stub", api_base=sys.argv[1], concurrency=2), sys.argv[2])
+"""
+
+
+def test_a_killed_run_resumes_without_repeating_a_completed_call(tmp_path):
+    def answer(prompt: str):
+        time.sleep(0.3)
+        i = prompt.rsplit("Passage ", 1)[1].split(":")[0]
+        return f" Which substrate does enzyme E{i} cleave in the liver?"
+
+    cache = tmp_path / "cache.jsonl"
+    with OpenAIStub(answer) as server:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, server.url, str(cache)], env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 4):
+            time.sleep(0.05)
+        child.kill()
+        child.wait()
+        done_before_kill = {json.loads(line)["content_hash"] for line in cache.read_text().splitlines()}
+        assert 4 <= len(done_before_kill) < 12, "the run was not killed mid-way"
+        calls_before = len(server.requests)
+
+        result = generate_questions(_chunks(12), LLMSettings(model="openai/stub", api_base=server.url), cache)
+    assert result.stats["accepted"] == 12 and result.stats["llm_calls_cached"] == len(done_before_kill)
+    asked_again = {p.rsplit("Passage ", 1)[1].split(":")[0] for p in server.requests[calls_before:]}
+    assert not asked_again & {h.removeprefix("h") for h in done_before_kill}
+    assert len(server.requests) - calls_before == 12 - len(done_before_kill)

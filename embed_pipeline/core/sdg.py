@@ -49,6 +49,10 @@ _META_PHRASES = re.compile(
 _MIN_WORDS, _MAX_WORDS = 4, 40
 
 
+class LLMConfigError(ValueError):
+    """The LLM settings cannot work (e.g. the API key variable is not set); never retried."""
+
+
 @dataclass(frozen=True)
 class LLMSettings:
     """Which model writes the questions and how it is reached (any litellm model string)."""
@@ -61,13 +65,14 @@ class LLMSettings:
     concurrency: int = 8
     num_retries: int = 3
     timeout_s: float = 120.0
+    backoff_s: float = 1.0
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
             return None
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise ValueError(
+            raise LLMConfigError(
                 f"LLM api_key_env names the environment variable {self.api_key_env!r}, which is not set. "
                 "Export it (the key is never written to logs or artifacts)."
             )
@@ -157,7 +162,28 @@ def select_chunks(chunks: pd.DataFrame, max_chunks: int | None, seed: int) -> pd
     return chunks.iloc[picked]
 
 
+class MalformedResponse(RuntimeError):
+    """The endpoint answered, but not with a usable chat completion (retried like a 5xx)."""
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """Errors that retrying cannot fix: bad credentials, bad request, unknown model, missing key variable."""
+    import litellm
+
+    permanent = (
+        litellm.AuthenticationError,
+        litellm.PermissionDeniedError,
+        litellm.BadRequestError,
+        litellm.NotFoundError,
+        LLMConfigError,
+    )
+    return isinstance(exc, permanent)
+
+
 def _call_llm(settings: LLMSettings, passage: str, sample_index: int) -> dict:
+    """One completion, retried with exponential backoff and jitter on rate limits, 5xx, timeouts and
+    malformed responses (litellm's own retries are off: one retry loop, one request count)."""
+    import backoff
     import litellm
 
     from embed_pipeline.core.local_llm import register_local_provider
@@ -165,25 +191,49 @@ def _call_llm(settings: LLMSettings, passage: str, sample_index: int) -> dict:
     register_local_provider()
     # Extra samples of the same chunk need sampling to differ from the first, greedy one.
     temperature = settings.temperature if sample_index == 0 else max(settings.temperature, 0.7)
+    # OpenAI-compatible servers without auth (vLLM, llama.cpp, Ollama) still need some key for the client.
+    api_key = settings.api_key() or ("no-key" if settings.api_base else None)
     started = time.perf_counter()
-    response = litellm.completion(
-        model=settings.model,
-        messages=question_prompt(passage),
-        api_base=settings.api_base,
-        api_key=settings.api_key(),
-        temperature=temperature,
-        max_tokens=settings.max_tokens,
-        stop=["\n"],
-        num_retries=settings.num_retries,
-        timeout=settings.timeout_s,
+
+    @backoff.on_exception(
+        backoff.expo,
+        Exception,
+        max_tries=settings.num_retries + 1,
+        factor=settings.backoff_s,
+        max_value=60,
+        giveup=_is_permanent,
+        logger=log,
     )
+    def complete():
+        try:
+            response = litellm.completion(
+                model=settings.model,
+                messages=question_prompt(passage),
+                api_base=settings.api_base,
+                api_key=api_key,
+                temperature=temperature,
+                max_tokens=settings.max_tokens,
+                stop=["\n"],
+                num_retries=0,
+                timeout=settings.timeout_s,
+            )
+            content = response.choices[0].message.content
+        except (litellm.APIError, AttributeError, IndexError, KeyError, TypeError) as exc:
+            if isinstance(exc, litellm.APIError) and getattr(exc, "status_code", 500) < 500:
+                raise
+            raise MalformedResponse(f"unusable response from {settings.model}: {exc}") from exc
+        if content is None:
+            raise MalformedResponse(f"{settings.model} returned no message content")
+        return response, content
+
+    response, content = complete()
     try:
         cost = float(litellm.completion_cost(completion_response=response) or 0.0)
     except Exception:  # local and unknown models have no price
         cost = 0.0
     usage = getattr(response, "usage", None)
     return {
-        "completion": response.choices[0].message.content or "",
+        "completion": content,
         "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
         "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
         "cost_usd": cost,
@@ -208,6 +258,7 @@ def generate_questions(
     `chunks` needs chunk_id, doc_id, passage and content_hash columns. Each accepted question has its
     source chunk as its positive (`positive_chunk_ids` is a list so multi-hop questions fit the same schema).
     """
+    settings.api_key()  # a missing key variable fails here, before any work
     cache = ResponseCache(cache_path)
     selected = select_chunks(chunks, max_chunks, seed)
     jobs = [(row, i) for row in selected.itertuples(index=False) for i in range(questions_per_chunk)]

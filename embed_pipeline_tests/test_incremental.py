@@ -1,0 +1,60 @@
+"""A grown corpus pays the LLM only for its new chunks (Dagster assets, real litellm path, local server)."""
+
+import dagster as dg
+
+from embed_pipeline.definitions import ALL_ASSETS, build_resources
+from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline_tests.openai_stub import OpenAIStub
+
+TOPICS = ["kinase signalling", "bone remodelling", "viral entry", "lipid transport"]
+
+
+def _write_doc(folder, i: int, topic: str) -> None:
+    sentences = " ".join(f"Finding {j} about {topic} in study {i} concerns marker M{i}{j}." for j in range(6))
+    (folder / f"doc{i}.md").write_text(f"# Study {i} on {topic}\n\n{sentences}\n")
+
+
+def test_adding_a_document_sends_only_its_chunks_to_the_llm(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, topic in enumerate(TOPICS[:3]):
+        _write_doc(docs, i, topic)
+
+    def answer(prompt: str) -> str:
+        study = prompt.rsplit("Passage: Study ", 1)[1].split(" ", 1)[0]
+        return f" Which marker did study {study} report for its main finding?"
+
+    selection = ["raw_documents", "chunked_corpus", "synthetic_qa"]
+    pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "artifacts"))
+    with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
+        run_config = {"ops": {"synthetic_qa": {"config": {"model": "openai/stub", "api_base": server.url}}}}
+
+        def materialize():
+            return dg.materialize(
+                ALL_ASSETS,
+                selection=selection,
+                resources=build_resources(pipeline, device="cpu"),
+                run_config=run_config,
+                instance=instance,
+            )
+
+        first = materialize()
+        n_first = len(server.requests)
+        chunks_before = set(first.output_for_node("chunked_corpus")["chunk_id"])
+        assert n_first == len(chunks_before) > 0
+
+        _write_doc(docs, 3, TOPICS[3])
+        second = materialize()
+        chunks_after = second.output_for_node("chunked_corpus")
+        new_chunks = chunks_after[~chunks_after["chunk_id"].isin(chunks_before)]
+        new_prompts = server.requests[n_first:]
+
+    assert set(new_chunks["doc_id"]) == {"doc3.md"}
+    assert len(new_prompts) == len(new_chunks)
+    assert all("Study 3 on lipid transport" in p for p in new_prompts)
+    questions = second.output_for_node("synthetic_qa")
+    assert set(questions["doc_id"]) == {"doc0.md", "doc1.md", "doc2.md", "doc3.md"}
+    events = second.get_asset_materialization_events()
+    metadata = next(e for e in events if e.asset_key.path == ["synthetic_qa"]).materialization.metadata
+    assert metadata["llm_calls_cached"].value == len(chunks_before)
+    assert metadata["llm_calls_made"].value == len(new_chunks)
