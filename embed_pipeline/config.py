@@ -39,6 +39,13 @@ class SyntheticQAConfig(dg.Config):
     timeout_s: float = Field(default=120.0, description="Timeout of one LLM call.")
     backoff_s: float = Field(default=1.0, description="First retry delay; doubles each retry (with jitter).")
     seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
+    roundtrip: Literal["bm25", "base", "none"] = Field(
+        default="bm25", description="Keep a question only if its source chunk ranks in the top k under this."
+    )
+    roundtrip_top_k: int = Field(default=10, description="k of the round-trip filter.")
+    dedup_threshold: float | None = Field(
+        default=0.9, description="Drop a question this cosine-similar to an earlier one (base model); empty: off."
+    )
 
     def llm_settings(self) -> LLMSettings:
         fields = LLMSettings.__dataclass_fields__

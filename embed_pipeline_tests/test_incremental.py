@@ -27,7 +27,9 @@ def test_adding_a_document_sends_only_its_chunks_to_the_llm(tmp_path):
     selection = ["raw_documents", "chunked_corpus", "synthetic_qa"]
     pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "artifacts"))
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
-        run_config = {"ops": {"synthetic_qa": {"config": {"model": "openai/stub", "api_base": server.url}}}}
+        # The stub's questions are near-identical by design: the filters are not under test here.
+        llm = {"model": "openai/stub", "api_base": server.url, "roundtrip": "none", "dedup_threshold": None}
+        run_config = {"ops": {"synthetic_qa": {"config": llm}}}
 
         def materialize():
             return dg.materialize(

@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import SplitConfig, SyntheticQAConfig
+from embed_pipeline.core.question_filters import filter_questions
 from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
 from embed_pipeline.defs.resources import PipelineResource
@@ -34,16 +35,45 @@ def synthetic_qa(
     for reason in sorted({r.split(":")[0] for r in result.rejected["reason"]}):
         example = result.rejected[result.rejected["reason"].str.startswith(reason)].iloc[0]
         context.log.info(f"Rejected ({reason}): {example['completion']!r}")
+
+    model = None
+    if config.roundtrip == "base" or config.dedup_threshold is not None:
+        from sentence_transformers import SentenceTransformer
+
+        # Short texts only (questions; the corpus once for roundtrip="base"): CPU, outside the gpu pool.
+        model = SentenceTransformer(pipeline.base_model_path(), device="cpu")
+    kept, dropped = filter_questions(
+        result.questions,
+        chunked_corpus,
+        model,
+        roundtrip=config.roundtrip,
+        roundtrip_top_k=config.roundtrip_top_k,
+        dedup_threshold=config.dedup_threshold,
+    )
+    removed = dropped["filter"].value_counts().to_dict()
+    if kept.empty:
+        raise ValueError(
+            f"All {len(result.questions)} generated questions were filtered out ({removed}); "
+            "loosen roundtrip_top_k / dedup_threshold or use a stronger LLM."
+        )
     context.add_output_metadata(
         {
             **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
             "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
-            "examples": dg.MetadataValue.md(
-                result.questions[["question", "source_chunk_id"]].head(8).to_markdown(index=False)
+            "removed_by_roundtrip": int(removed.get("roundtrip", 0)),
+            "removed_by_near_duplicate": int(removed.get("near_duplicate", 0)),
+            "questions": len(kept),
+            "kept_examples": dg.MetadataValue.md(
+                kept[["question", "source_chunk_id"]].head(8).to_markdown(index=False)
+            ),
+            "dropped_examples": dg.MetadataValue.md(
+                dropped.groupby("filter").head(4)[["filter", "question", "reason"]].to_markdown(index=False)
+                if not dropped.empty
+                else "none"
             ),
         }
     )
-    return result.questions
+    return kept
 
 
 @dg.asset(group_name="questions", kinds={"pandas"})

@@ -1,0 +1,103 @@
+"""Quality filters for synthetic questions that need no LLM: round-trip consistency and near-duplicates.
+
+Each filter returns the questions it keeps and a frame of the ones it dropped with a reason, so the
+asset can report how many each filter removed, with examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import pandas as pd
+
+from embed_pipeline.core.evaluation import bm25_search, dense_search
+
+log = logging.getLogger(__name__)
+
+DROPPED_COLUMNS = ["question_id", "question", "filter", "reason"]
+
+
+def _dropped(questions: pd.DataFrame, mask: pd.Series, name: str, reasons: pd.Series) -> pd.DataFrame:
+    out = questions.loc[mask, ["question_id", "question"]].copy()
+    out["filter"], out["reason"] = name, reasons[mask]
+    return out[DROPPED_COLUMNS]
+
+
+def roundtrip_filter(
+    questions: pd.DataFrame,
+    chunks: pd.DataFrame,
+    top_k: int = 10,
+    method: Literal["bm25", "base"] = "bm25",
+    model=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep a question only if one of its positive chunks ranks in the top `top_k` for it.
+
+    A question its own passage cannot retrieve is usually too generic ("What is the purpose of the
+    study?") or not answered by the passage. `method="base"` ranks with `model` (the base bi-encoder)
+    instead of BM25.
+    """
+    if questions.empty:
+        return questions, pd.DataFrame(columns=DROPPED_COLUMNS)
+    queries = dict(zip(questions["question_id"], questions["question"], strict=True))
+    ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
+    if method == "bm25":
+        results = bm25_search(ids, passages, queries, top_k=top_k)
+    elif method == "base":
+        if model is None:
+            raise ValueError("roundtrip method 'base' needs the base model")
+        results = dense_search(model, ids, passages, queries, top_k=top_k)
+    else:
+        raise ValueError(f"roundtrip method must be 'bm25' or 'base', got {method!r}")
+
+    def rank(qid: str, positives) -> int | None:
+        ranked = sorted(results.get(qid, {}).items(), key=lambda kv: -kv[1])
+        hits = [i for i, (cid, _) in enumerate(ranked, 1) if cid in set(positives)]
+        return min(hits) if hits else None
+
+    ranks = pd.Series(
+        [rank(q, p) for q, p in zip(questions["question_id"], questions["positive_chunk_ids"], strict=True)],
+        index=questions.index,
+        dtype="object",
+    )
+    failed = ranks.isna()
+    reasons = pd.Series(f"source passage not in the {method} top {top_k}", index=questions.index)
+    return questions[~failed], _dropped(questions, failed, "roundtrip", reasons)
+
+
+def near_duplicate_filter(questions: pd.DataFrame, model, threshold: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop a question whose cosine similarity to an earlier kept question exceeds `threshold`."""
+    from sentence_transformers.util import paraphrase_mining_embeddings
+
+    if len(questions) < 2:
+        return questions, pd.DataFrame(columns=DROPPED_COLUMNS)
+    embeddings = model.encode(questions["question"].tolist(), convert_to_tensor=True, normalize_embeddings=True)
+    pairs = paraphrase_mining_embeddings(embeddings, top_k=10, max_pairs=len(questions) * 10)
+    dropped: dict[int, str] = {}
+    for score, i, j in sorted((p for p in pairs if p[0] > threshold), key=lambda p: (min(p[1], p[2]), max(p[1], p[2]))):
+        first, later = sorted((i, j))
+        if first not in dropped and later not in dropped:
+            dropped[later] = f"cosine {score:.3f} to: {questions['question'].iloc[first]}"
+    mask = pd.Series([i in dropped for i in range(len(questions))], index=questions.index)
+    reasons = pd.Series([dropped.get(i, "") for i in range(len(questions))], index=questions.index)
+    return questions[~mask], _dropped(questions, mask, "near_duplicate", reasons)
+
+
+def filter_questions(
+    questions: pd.DataFrame,
+    chunks: pd.DataFrame,
+    model,
+    roundtrip: Literal["bm25", "base", "none"] = "bm25",
+    roundtrip_top_k: int = 10,
+    dedup_threshold: float | None = 0.9,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply the round-trip then the near-duplicate filter; returns (kept, dropped with filter and reason)."""
+    dropped = []
+    if roundtrip != "none":
+        questions, out = roundtrip_filter(questions, chunks, top_k=roundtrip_top_k, method=roundtrip, model=model)
+        dropped.append(out)
+    if dedup_threshold is not None:
+        questions, out = near_duplicate_filter(questions, model, threshold=dedup_threshold)
+        dropped.append(out)
+    frames = [d for d in dropped if not d.empty]
+    return questions, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DROPPED_COLUMNS)
