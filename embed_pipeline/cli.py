@@ -70,6 +70,7 @@ def _run_config(args: argparse.Namespace) -> dict:
         ("synthetic_qa", "api_key_env"): args.llm_api_key_env,
         ("synthetic_qa", "max_chunks"): args.max_chunks,
         ("synthetic_qa", "questions_per_chunk"): args.questions_per_chunk,
+        ("synthetic_qa", "multihop_per_document"): args.multihop_per_document,
         ("finetuned_model", "epochs"): args.epochs,
     }
     for (asset, field), value in flags.items():
@@ -146,6 +147,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm-api-key-env", help="Environment variable that holds the API key.")
     parser.add_argument("--max-chunks", type=int, help="Ask the LLM about at most this many chunks.")
     parser.add_argument("--questions-per-chunk", type=int, help="Questions per chunk.")
+    parser.add_argument("--multihop-per-document", type=int, help="2-3-hop questions per document.")
     parser.add_argument("--epochs", type=int, help="Training epochs.")
     parser.add_argument("--base-model", help="Base bi-encoder: Hugging Face id or folder (default: all-MiniLM-L6-v2).")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")

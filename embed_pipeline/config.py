@@ -29,6 +29,11 @@ class SyntheticQAConfig(dg.Config):
     api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     questions_per_chunk: int = Field(default=1, description="Questions asked per chunk.")
+    multihop_per_document: int = Field(
+        default=0,
+        description="Also ask this many 2-3-hop questions per document, over neighbouring chunks "
+        "(worth it with a capable hosted LLM; a 135M model rarely combines facts).",
+    )
     max_chunks: int | None = Field(default=None, description="Budget: ask about at most this many chunks.")
     temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
     max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")

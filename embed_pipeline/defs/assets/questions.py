@@ -25,6 +25,7 @@ def synthetic_qa(
         questions_per_chunk=config.questions_per_chunk,
         max_chunks=config.max_chunks,
         seed=config.seed,
+        multihop_per_document=config.multihop_per_document,
     )
     stats = result.stats
     if result.questions.empty:
