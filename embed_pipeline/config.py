@@ -9,7 +9,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from embed_pipeline.core.sdg import DEFAULT_MODEL, LLMSettings
+from embed_pipeline.core.llm import DEFAULT_MODEL, LLMSettings
 
 
 class DocumentsConfig(dg.Config):

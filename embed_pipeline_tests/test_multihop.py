@@ -6,8 +6,9 @@ from transformers import AutoTokenizer
 
 from embed_pipeline.core.chunking import chunk_documents
 from embed_pipeline.core.device import base_model_path
+from embed_pipeline.core.llm import LLMSettings
 from embed_pipeline.core.mining import mine_negatives, unroll_training_rows
-from embed_pipeline.core.sdg import LLMSettings, generate_questions, generation_jobs
+from embed_pipeline.core.sdg import generate_questions, generation_jobs
 from embed_pipeline_tests.openai_stub import OpenAIStub
 
 FILLER = [

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from embed_pipeline.core.sdg import LLMSettings, ResponseCache, generate_questions, parse_question, question_prompt
+from embed_pipeline.core.llm import LLMSettings, ResponseCache
+from embed_pipeline.core.sdg import generate_questions, parse_question, question_prompt
 from embed_pipeline_tests.openai_stub import OpenAIStub
 
 PASSAGE = "Aspirin irreversibly inhibits cyclooxygenase-1 in platelets, which lowers thromboxane A2 production."
@@ -135,7 +136,8 @@ def test_transient_failures_are_retried_and_a_permanent_one_is_counted_not_fatal
 _KILLED_RUN = """
 import sys
 import pandas as pd
-from embed_pipeline.core.sdg import LLMSettings, generate_questions
+from embed_pipeline.core.llm import LLMSettings
+from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline_tests.test_sdg import _chunks
 generate_questions(_chunks(12), LLMSettings(model="openai/stub", api_base=sys.argv[1], concurrency=2), sys.argv[2])
 """

@@ -1,4 +1,4 @@
-"""Synthetic question generation: prompts, LLM calls through litellm, parsing, filtering, caching.
+"""Synthetic question generation: prompts, parsing and validation of questions, generation jobs.
 
 Every LLM response is appended to a JSONL cache the moment it arrives, keyed by (passage content hash,
 prompt version, model, sample index), so a crashed or repeated run never pays for a call twice and a
@@ -8,26 +8,21 @@ grown corpus only pays for its new chunks.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import random
 import re
-import threading
-import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+
+from embed_pipeline.core.llm import LLMCall, LLMSettings, ResponseCache, run_calls
 
 log = logging.getLogger(__name__)
 
 PROMPT_VERSION = "qgen-fewshot-v1"
 MULTIHOP_PROMPT_VERSION = "qgen-multihop-v1"
-DEFAULT_MODEL = "local/smollm2-135m-instruct"
 
 _FEW_SHOT = (
     "Write one specific question that a reader would type into a search engine and that the "
@@ -48,36 +43,6 @@ _META_PHRASES = re.compile(
     re.IGNORECASE,
 )
 _MIN_WORDS, _MAX_WORDS = 4, 40
-
-
-class LLMConfigError(ValueError):
-    """The LLM settings cannot work (e.g. the API key variable is not set); never retried."""
-
-
-@dataclass(frozen=True)
-class LLMSettings:
-    """Which model writes the questions and how it is reached (any litellm model string)."""
-
-    model: str = DEFAULT_MODEL
-    api_base: str | None = None
-    api_key_env: str | None = None
-    temperature: float = 0.0
-    max_tokens: int = 64
-    concurrency: int = 8
-    num_retries: int = 3
-    timeout_s: float = 120.0
-    backoff_s: float = 1.0
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise LLMConfigError(
-                f"LLM api_key_env names the environment variable {self.api_key_env!r}, which is not set. "
-                "Export it (the key is never written to logs or artifacts)."
-            )
-        return key
 
 
 @dataclass
@@ -134,38 +99,6 @@ def parse_question(completion: str, passage: str) -> tuple[str | None, str]:
 
 def _normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-class ResponseCache:
-    """Append-only JSONL store of LLM responses; each write is flushed and fsynced before returning."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._entries: dict[str, dict] = {}
-        if self.path.exists():
-            with self.path.open(encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    try:
-                        entry = json.loads(line)
-                        self._entries[entry["key"]] = entry
-                    except (json.JSONDecodeError, KeyError):
-                        # A run killed mid-write leaves at most one torn last line: skip it, re-ask that call.
-                        log.warning("Ignoring unreadable line %d of LLM cache %s", line_no, self.path)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: str) -> dict | None:
-        return self._entries.get(key)
-
-    def put(self, entry: dict) -> None:
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            self._entries[entry["key"]] = entry
 
 
 @dataclass(frozen=True)
@@ -237,85 +170,6 @@ def select_chunks(chunks: pd.DataFrame, max_chunks: int | None, seed: int) -> pd
     return chunks.iloc[picked]
 
 
-class MalformedResponse(RuntimeError):
-    """The endpoint answered, but not with a usable chat completion (retried like a 5xx)."""
-
-
-def _is_permanent(exc: Exception) -> bool:
-    """Errors that retrying cannot fix: bad credentials, bad request, unknown model, missing key variable."""
-    import litellm
-
-    permanent = (
-        litellm.AuthenticationError,
-        litellm.PermissionDeniedError,
-        litellm.BadRequestError,
-        litellm.NotFoundError,
-        LLMConfigError,
-    )
-    return isinstance(exc, permanent)
-
-
-def _call_llm(settings: LLMSettings, passages: tuple[str, ...], sample_index: int) -> dict:
-    """One completion, retried with exponential backoff and jitter on rate limits, 5xx, timeouts and
-    malformed responses (litellm's own retries are off: one retry loop, one request count)."""
-    import backoff
-    import litellm
-
-    from embed_pipeline.core.local_llm import register_local_provider
-
-    register_local_provider()
-    # Extra samples of the same chunk need sampling to differ from the first, greedy one.
-    temperature = settings.temperature if sample_index == 0 else max(settings.temperature, 0.7)
-    # OpenAI-compatible servers without auth (vLLM, llama.cpp, Ollama) still need some key for the client.
-    api_key = settings.api_key() or ("no-key" if settings.api_base else None)
-    started = time.perf_counter()
-
-    @backoff.on_exception(
-        backoff.expo,
-        Exception,
-        max_tries=settings.num_retries + 1,
-        factor=settings.backoff_s,
-        max_value=60,
-        giveup=_is_permanent,
-        logger=log,
-    )
-    def complete():
-        try:
-            response = litellm.completion(
-                model=settings.model,
-                messages=question_prompt(list(passages)),
-                api_base=settings.api_base,
-                api_key=api_key,
-                temperature=temperature,
-                max_tokens=settings.max_tokens,
-                stop=["\n"],
-                num_retries=0,
-                timeout=settings.timeout_s,
-            )
-            content = response.choices[0].message.content
-        except (litellm.APIError, AttributeError, IndexError, KeyError, TypeError) as exc:
-            if isinstance(exc, litellm.APIError) and getattr(exc, "status_code", 500) < 500:
-                raise
-            raise MalformedResponse(f"unusable response from {settings.model}: {exc}") from exc
-        if content is None:
-            raise MalformedResponse(f"{settings.model} returned no message content")
-        return response, content
-
-    response, content = complete()
-    try:
-        cost = float(litellm.completion_cost(completion_response=response) or 0.0)
-    except Exception:  # local and unknown models have no price
-        cost = 0.0
-    usage = getattr(response, "usage", None)
-    return {
-        "completion": content,
-        "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-        "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
-        "cost_usd": cost,
-        "latency_s": round(time.perf_counter() - started, 3),
-    }
-
-
 def question_id(job: GenerationJob) -> str:
     return "q-" + hashlib.sha256(f"{job.label}\0{job.sample_index}".encode()).hexdigest()[:16]
 
@@ -335,48 +189,32 @@ def generate_questions(
     `chunks` needs chunk_id, doc_id, passage and content_hash columns (and chunk_index for multi-hop).
     Every chunk a question was written from is one of its `positive_chunk_ids`.
     """
-    settings.api_key()  # a missing key variable fails here, before any work
     cache = ResponseCache(cache_path)
     selected = select_chunks(chunks, max_chunks, seed)
     jobs = generation_jobs(chunks, selected, questions_per_chunk, multihop_per_document, seed)
-    todo = [job for job in jobs if cache.get(job.key(settings.model)) is None]
-    log.info(
-        "%d generations requested, %d cached, %d to call %s",
-        len(jobs),
-        len(jobs) - len(todo),
-        len(todo),
-        settings.model,
-    )
-
-    failures: dict[GenerationJob, str] = {}
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
-        futures = {pool.submit(_call_llm, settings, job.passages, job.sample_index): job for job in todo}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="LLM questions", disable=not todo):
-            job = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # one failed chunk never sinks the batch; it is retried next run
-                failures[job] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                continue
-            cache.put(
-                {
-                    "key": job.key(settings.model),
-                    "model": settings.model,
-                    "prompt_version": job.prompt_version,
-                    "content_hash": "+".join(job.content_hashes),
-                    "sample_index": job.sample_index,
-                    **result,
-                }
-            )
-    call_seconds = time.perf_counter() - started
+    calls = [
+        LLMCall(
+            key=job.key(settings.model),
+            messages=question_prompt(list(job.passages)),
+            # Extra samples of the same chunk need sampling to differ from the first, greedy one.
+            temperature=settings.temperature if job.sample_index == 0 else max(settings.temperature, 0.7),
+            stop=("\n",),
+            record={
+                "prompt_version": job.prompt_version,
+                "content_hash": "+".join(job.content_hashes),
+                "sample_index": job.sample_index,
+            },
+        )
+        for job in jobs
+    ]
+    run = run_calls(calls, settings, cache, desc="LLM questions")
 
     accepted, rejected, seen = [], [], set()
     reasons: Counter[str] = Counter()
     for job in jobs:
         entry = cache.get(job.key(settings.model))
         if entry is None:
-            question, reason, completion = None, "LLM call failed: " + failures[job], ""
+            question, reason, completion = None, "LLM call failed: " + run.failures[job.key(settings.model)], ""
         else:
             completion = entry["completion"]
             question, reason = parse_question(completion, " ".join(job.passages))
@@ -402,23 +240,14 @@ def generate_questions(
             }
         )
 
-    new_entries = [cache.get(job.key(settings.model)) for job in todo]
-    new_entries = [e for e in new_entries if e is not None]
     stats = {
         "chunks_asked": len(selected),
         "generations": len(jobs),
-        "llm_calls_made": len(new_entries) + len(failures),
-        "llm_calls_cached": len(jobs) - len(todo),
-        "llm_failures": len(failures),
         "accepted": len(accepted),
         "accepted_multihop": sum(q["hops"] > 1 for q in accepted),
         "rejected": len(rejected),
         "rejection_reasons": dict(reasons),
-        "prompt_tokens": sum(e["prompt_tokens"] for e in new_entries),
-        "completion_tokens": sum(e["completion_tokens"] for e in new_entries),
-        "cost_usd": round(sum(e["cost_usd"] for e in new_entries), 6),
-        "call_seconds": round(call_seconds, 1),
-        "questions_per_second": round(len(new_entries) / call_seconds, 3) if new_entries else None,
+        **run.stats(),
     }
     columns = [
         "question_id",
