@@ -4,6 +4,7 @@ Each class configures one asset (Dagster launchpad and `embed-pipeline run` use 
 the README documents every field.
 """
 
+from dataclasses import replace
 from typing import Literal
 
 import dagster as dg
@@ -52,9 +53,28 @@ class SyntheticQAConfig(dg.Config):
         default=0.9, description="Drop a question this cosine-similar to an earlier one (base model); empty: off."
     )
 
+    judge_model: str | None = Field(
+        default=None, description="litellm model string of an LLM judge; empty: no judge filter."
+    )
+    judge_api_base: str | None = Field(default=None, description="Base URL of the judge's server.")
+    judge_api_key_env: str | None = Field(default=None, description="Environment variable of the judge's key.")
+    judge_min_score: float = Field(default=7.0, description="Keep questions the judge scores overall >= this.")
+
     def llm_settings(self) -> LLMSettings:
         fields = LLMSettings.__dataclass_fields__
         return LLMSettings(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+    def judge_settings(self) -> LLMSettings | None:
+        if not self.judge_model:
+            return None
+        return replace(
+            self.llm_settings(),
+            model=self.judge_model,
+            api_base=self.judge_api_base,
+            api_key_env=self.judge_api_key_env,
+            temperature=0.0,
+            max_tokens=200,
+        )
 
 
 class SplitConfig(dg.Config):

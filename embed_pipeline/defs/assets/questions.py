@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import SplitConfig, SyntheticQAConfig
+from embed_pipeline.core.judge import judge_questions
 from embed_pipeline.core.question_filters import filter_questions
 from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
@@ -51,11 +52,18 @@ def synthetic_qa(
         roundtrip_top_k=config.roundtrip_top_k,
         dedup_threshold=config.dedup_threshold,
     )
+    judge_stats: dict = {}
+    judge = config.judge_settings()
+    if judge is not None and not kept.empty:
+        kept, judged_out, judge_stats = judge_questions(
+            kept, chunked_corpus, judge, pipeline.artifacts("cache", "llm_responses.jsonl"), config.judge_min_score
+        )
+        dropped = pd.concat([dropped, judged_out], ignore_index=True)
     removed = dropped["filter"].value_counts().to_dict()
     if kept.empty:
         raise ValueError(
             f"All {len(result.questions)} generated questions were filtered out ({removed}); "
-            "loosen roundtrip_top_k / dedup_threshold or use a stronger LLM."
+            "loosen roundtrip_top_k / dedup_threshold / judge_min_score or use a stronger LLM."
         )
     context.add_output_metadata(
         {
@@ -63,6 +71,8 @@ def synthetic_qa(
             "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
             "removed_by_roundtrip": int(removed.get("roundtrip", 0)),
             "removed_by_near_duplicate": int(removed.get("near_duplicate", 0)),
+            "removed_by_judge": int(removed.get("judge", 0)),
+            **{f"judge_{k}": v for k, v in judge_stats.items() if v is not None},
             "questions": len(kept),
             "kept_examples": dg.MetadataValue.md(
                 kept[["question", "source_chunk_id"]].head(8).to_markdown(index=False)
