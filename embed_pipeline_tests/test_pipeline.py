@@ -87,7 +87,7 @@ def test_every_asset_materializes_with_metadata(materialized):
     for event in events:
         assert event.event_specific_data.materialization.metadata, event.asset_key
     for name in ("raw_documents", "chunked_corpus", "synthetic_qa", "qa_splits", "hard_negatives", "training_set"):
-        assert (artifacts / f"{name}.parquet").exists()
+        assert (artifacts / f"{name}.parquet").stat().st_mode & 0o777 == 0o644  # readable by the UI and others
 
 
 def test_odd_ids_survive_and_questions_come_from_the_real_llm(materialized):

@@ -16,6 +16,7 @@ def write_atomically(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; artifacts are meant to be shared and read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
