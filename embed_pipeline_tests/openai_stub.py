@@ -17,6 +17,7 @@ class OpenAIStub:
         send as a 200 body (a malformed response)."""
         self.answer = answer
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,6 +28,7 @@ class OpenAIStub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
                 stub.requests.append(prompt)
+                stub.authorizations.append(self.headers.get("Authorization"))
                 reply = stub.answer(prompt)
                 if isinstance(reply, bytes):
                     payload, status = None, 200

@@ -60,3 +60,33 @@ def test_adding_a_document_sends_only_its_chunks_to_the_llm(tmp_path):
     metadata = next(e for e in events if e.asset_key.path == ["synthetic_qa"]).materialization.metadata
     assert metadata["llm_calls_cached"].value == len(chunks_before)
     assert metadata["llm_calls_made"].value == len(new_chunks)
+
+
+def test_api_key_never_reaches_logs_metadata_or_artifacts(tmp_path, monkeypatch):
+    secret = "sk-live-do-not-leak-1234567890"
+    monkeypatch.setenv("EMBED_TEST_LLM_KEY", secret)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _write_doc(docs, 0, TOPICS[0])
+    _write_doc(docs, 1, TOPICS[1])
+
+    def answer(prompt: str) -> str:
+        study = prompt.rsplit("Passage: Study ", 1)[1].split(" ", 1)[0]
+        return f" Which marker did study {study} report for its main finding?"
+
+    artifacts = tmp_path / "artifacts"
+    with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
+        qa = {"model": "openai/stub", "api_base": server.url, "api_key_env": "EMBED_TEST_LLM_KEY", "roundtrip": "none"}
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["raw_documents", "chunked_corpus", "synthetic_qa"],
+            resources=build_resources(PipelineResource(docs_path=str(docs), artifacts_dir=str(artifacts))),
+            run_config={"ops": {"synthetic_qa": {"config": qa}}},
+            instance=instance,
+        )
+        assert result.success and server.authorizations[0] == f"Bearer {secret}"  # the key was really used
+        event_log = "\n".join(str(record) for record in instance.all_logs(result.run_id))
+    assert secret not in event_log
+    for path in artifacts.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
