@@ -19,10 +19,11 @@ def synthetic_qa(
     chunked_corpus: pd.DataFrame,
 ) -> pd.DataFrame:
     """Questions an LLM wrote about each chunk, parsed and filtered; every response cached as it arrives."""
+    llm_cache = pipeline.artifacts("cache", "llm_responses.jsonl")  # generation and judge share it
     result = generate_questions(
         chunked_corpus,
         config.llm_settings(),
-        cache_path=pipeline.artifacts("cache", "llm_responses.jsonl"),
+        cache_path=llm_cache,
         questions_per_chunk=config.questions_per_chunk,
         max_chunks=config.max_chunks,
         seed=config.seed,
@@ -55,9 +56,7 @@ def synthetic_qa(
     judge_stats: dict = {}
     judge = config.judge_settings()
     if judge is not None and not kept.empty:
-        kept, judged_out, judge_stats = judge_questions(
-            kept, chunked_corpus, judge, pipeline.artifacts("cache", "llm_responses.jsonl"), config.judge_min_score
-        )
+        kept, judged_out, judge_stats = judge_questions(kept, chunked_corpus, judge, llm_cache, config.judge_min_score)
         dropped = pd.concat([dropped, judged_out], ignore_index=True)
     removed = dropped["filter"].value_counts().to_dict()
     if kept.empty:
