@@ -36,6 +36,16 @@ class SyntheticQAConfig(dg.Config):
         "(worth it with a capable hosted LLM; a 135M model rarely combines facts).",
     )
     max_chunks: int | None = Field(default=None, description="Budget: ask about at most this many chunks.")
+    prompt_style: Literal["auto", "fewshot", "json"] = Field(
+        default="auto",
+        description="fewshot: completion text for tiny local models; json: JSON-schema answers with reasoning "
+        "type and complexity (hosted/served models); auto: fewshot for local/ models, else json.",
+    )
+    local_runtime: Literal["auto", "transformers", "llama_cpp"] = Field(
+        default="auto",
+        description="Runtime of local/ models: llama_cpp (needs the llamacpp extra; several times faster) or "
+        "transformers; auto takes llama.cpp when installed.",
+    )
     temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
     max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")
     concurrency: int = Field(default=8, description="Parallel LLM calls (batched together for the local model).")
@@ -49,6 +59,13 @@ class SyntheticQAConfig(dg.Config):
         default="bm25", description="Keep a question only if its source chunk ranks in the top k under this."
     )
     roundtrip_top_k: int = Field(default=10, description="k of the round-trip filter.")
+    min_complexity: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Drop questions below this complexity (1-5; stated by json-style models, estimated for "
+        "fewshot). The recipe uses 2 with capable models.",
+    )
     dedup_threshold: float | None = Field(
         default=0.9, description="Drop a question this cosine-similar to an earlier one (base model); empty: off."
     )

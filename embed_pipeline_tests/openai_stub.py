@@ -17,6 +17,7 @@ class OpenAIStub:
         send as a 200 body (a malformed response)."""
         self.answer = answer
         self.requests: list[str] = []
+        self.bodies: list[dict] = []
         self.authorizations: list[str | None] = []
         stub = self
 
@@ -28,6 +29,7 @@ class OpenAIStub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
                 stub.requests.append(prompt)
+                stub.bodies.append(body)
                 stub.authorizations.append(self.headers.get("Authorization"))
                 reply = stub.answer(prompt)
                 if isinstance(reply, bytes):
@@ -64,3 +66,8 @@ class OpenAIStub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def question_json(question: str, reasoning_type: str = "factual", complexity: int = 2) -> str:
+    """What a capable model answers to the JSON-schema question prompt."""
+    return json.dumps({"question": question, "reasoning_type": reasoning_type, "complexity": complexity})

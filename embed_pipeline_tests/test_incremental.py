@@ -1,10 +1,12 @@
 """A grown corpus pays the LLM only for its new chunks (Dagster assets, real litellm path, local server)."""
 
+import re
+
 import dagster as dg
 
 from embed_pipeline.definitions import ALL_ASSETS, build_resources
 from embed_pipeline.defs.resources import PipelineResource
-from embed_pipeline_tests.openai_stub import OpenAIStub
+from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
 TOPICS = ["kinase signalling", "bone remodelling", "viral entry", "lipid transport"]
 
@@ -21,8 +23,8 @@ def test_adding_a_document_sends_only_its_chunks_to_the_llm(tmp_path):
         _write_doc(docs, i, topic)
 
     def answer(prompt: str) -> str:
-        study = prompt.rsplit("Passage: Study ", 1)[1].split(" ", 1)[0]
-        return f" Which marker did study {study} report for its main finding?"
+        study = re.search(r"Study (\d+) on", prompt).group(1)
+        return question_json(f"Which marker did study {study} report for its main finding?")
 
     selection = ["raw_documents", "chunked_corpus", "synthetic_qa"]
     pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "artifacts"))
@@ -71,8 +73,8 @@ def test_api_key_never_reaches_logs_metadata_or_artifacts(tmp_path, monkeypatch)
     _write_doc(docs, 1, TOPICS[1])
 
     def answer(prompt: str) -> str:
-        study = prompt.rsplit("Passage: Study ", 1)[1].split(" ", 1)[0]
-        return f" Which marker did study {study} report for its main finding?"
+        study = re.search(r"Study (\d+) on", prompt).group(1)
+        return question_json(f"Which marker did study {study} report for its main finding?")
 
     artifacts = tmp_path / "artifacts"
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:

@@ -8,7 +8,7 @@ from embed_pipeline.core.judge import judge_prompt, judge_questions, parse_judge
 from embed_pipeline.core.llm import LLMSettings, MalformedResponse
 from embed_pipeline.definitions import ALL_ASSETS, build_resources
 from embed_pipeline.defs.resources import PipelineResource
-from embed_pipeline_tests.openai_stub import OpenAIStub
+from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
 CHUNKS = pd.DataFrame(
     {
@@ -85,7 +85,7 @@ def test_judge_in_the_synthetic_qa_asset_reports_what_it_removed(tmp_path):
         if "<question>" in prompt:
             return _scores(2 if "E2" in prompt.split("<question>")[1] else 8)
         i = prompt.rsplit("Enzyme E", 1)[1][0]
-        return f" Which substrate does enzyme E{i} cleave in mouse liver?"
+        return question_json(f"Which substrate does enzyme E{i} cleave in mouse liver?")
 
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
         qa = {

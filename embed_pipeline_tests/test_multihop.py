@@ -9,7 +9,7 @@ from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.llm import LLMSettings
 from embed_pipeline.core.mining import mine_negatives, unroll_training_rows
 from embed_pipeline.core.sdg import generate_questions, generation_jobs
-from embed_pipeline_tests.openai_stub import OpenAIStub
+from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
 FILLER = [
     "Cats sleep for most of the day in warm places.",
@@ -40,9 +40,11 @@ def test_multihop_question_has_every_supporting_chunk_as_a_positive_after_unroll
     assert len(trial_chunks) >= 3
 
     def answer(prompt: str) -> str:
-        if "Passage 2:" in prompt.split("Question: How much more weight")[-1]:
-            return " How much weight did the adults with type 2 diabetes in the VITAL trial lose on drug X?"
-        return " Where did the VITAL trial recruit its patients?"
+        if "<passage 2>" in prompt:
+            return question_json(
+                "How much weight did the adults with type 2 diabetes in the VITAL trial lose on drug X?", "causal", 4
+            )
+        return question_json("Where did the VITAL trial recruit its patients?")
 
     with OpenAIStub(answer) as server:
         settings = LLMSettings(model="openai/stub", api_base=server.url)

@@ -3,7 +3,12 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
-from embed_pipeline.core.question_filters import filter_questions, near_duplicate_filter, roundtrip_filter
+from embed_pipeline.core.question_filters import (
+    complexity_filter,
+    filter_questions,
+    near_duplicate_filter,
+    roundtrip_filter,
+)
 
 CHUNKS = pd.DataFrame(
     {
@@ -70,3 +75,13 @@ def test_filters_can_be_switched_off(model):
     assert len(kept) == 1 and dropped.empty
     kept, dropped = filter_questions(questions, CHUNKS, model, roundtrip="bm25", roundtrip_top_k=1)
     assert kept.empty and dropped["filter"].tolist() == ["roundtrip"]
+
+
+def test_complexity_filter_drops_questions_below_the_minimum_and_says_why():
+    questions = _questions([("What do statins lower?", "d1#a"), ("Why do statins lower LDL?", "d1#a")])
+    questions["complexity"] = [1, 3]
+    kept, dropped = complexity_filter(questions, min_complexity=2)
+    assert kept["question_id"].tolist() == ["q1"]
+    assert dropped[["question_id", "filter", "reason"]].values.tolist() == [["q0", "complexity", "complexity 1 < 2"]]
+    kept, dropped = filter_questions(questions, CHUNKS, None, roundtrip="none", dedup_threshold=None)
+    assert len(kept) == 2 and dropped.empty  # min_complexity 1 (the default) keeps everything

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "local/smollm2-135m-instruct"
+LOCAL_PROVIDER = "local"  # model strings "local/<name>" run in-process (core/local_llm.py)
+DEFAULT_MODEL = f"{LOCAL_PROVIDER}/smollm2-135m-instruct"
 
 
 class LLMConfigError(ValueError):
@@ -37,6 +38,7 @@ class LLMSettings:
     num_retries: int = 3
     timeout_s: float = 120.0
     backoff_s: float = 1.0
+    local_runtime: str = "auto"  # for local/ models: auto | transformers | llama_cpp
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -108,6 +110,7 @@ class LLMCall:
     messages: list[dict[str, str]]
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
+    response_format: dict | None = None  # e.g. a JSON schema the answer must follow (capable models)
     record: dict = field(default_factory=dict)
 
 
@@ -122,7 +125,7 @@ def call_llm(settings: LLMSettings, call: LLMCall, validate: Callable[[str], obj
 
     from embed_pipeline.core.local_llm import register_local_provider
 
-    register_local_provider()
+    register_local_provider(settings.local_runtime)
     # OpenAI-compatible servers without auth (vLLM, llama.cpp, Ollama) still need some key for the client.
     api_key = settings.api_key() or ("no-key" if settings.api_base else None)
     started = time.perf_counter()
@@ -146,6 +149,7 @@ def call_llm(settings: LLMSettings, call: LLMCall, validate: Callable[[str], obj
                 temperature=call.temperature,
                 max_tokens=settings.max_tokens,
                 stop=list(call.stop) or None,
+                **({"response_format": call.response_format} if call.response_format else {}),
                 num_retries=0,
                 timeout=settings.timeout_s,
             )
@@ -207,7 +211,11 @@ def run_calls(
 ) -> CallRun:
     """Make every call not already cached, `settings.concurrency` at a time; each success is persisted
     as it arrives, each failure recorded (never fatal to the batch; asked again next run)."""
-    settings.api_key()  # a missing key variable fails here, before any work
+    settings.api_key()  # a missing key variable or local runtime fails here, before any work
+    if settings.model.startswith(f"{LOCAL_PROVIDER}/"):
+        from embed_pipeline.core.local_llm import resolve_runtime
+
+        resolve_runtime(settings.local_runtime)
     todo = list({c.key: c for c in calls if cache.get(c.key) is None}.values())  # identical passages: one call
     log.info(
         "%s: %d calls, %d cached, %d to make with %s",

@@ -1,4 +1,5 @@
-"""Quality filters for synthetic questions that need no LLM: round-trip consistency and near-duplicates.
+"""Quality filters for synthetic questions that need no LLM: complexity, round-trip consistency and
+near-duplicates.
 
 Each filter returns the questions it keeps and a frame of the ones it dropped with a reason, so the
 asset can report how many each filter removed, with examples.
@@ -83,6 +84,13 @@ def near_duplicate_filter(questions: pd.DataFrame, model, threshold: float = 0.9
     return questions[~mask], _dropped(questions, mask, "near_duplicate", reasons)
 
 
+def complexity_filter(questions: pd.DataFrame, min_complexity: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop questions whose complexity (1-5, stated by the model or estimated) is below `min_complexity`."""
+    low = questions["complexity"] < min_complexity
+    reasons = "complexity " + questions["complexity"].astype(str) + f" < {min_complexity}"
+    return questions[~low], _dropped(questions, low, "complexity", reasons)
+
+
 def filter_questions(
     questions: pd.DataFrame,
     chunks: pd.DataFrame,
@@ -90,9 +98,14 @@ def filter_questions(
     roundtrip: Literal["bm25", "base", "none"] = "bm25",
     roundtrip_top_k: int = 10,
     dedup_threshold: float | None = 0.9,
+    min_complexity: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Apply the round-trip then the near-duplicate filter; returns (kept, dropped with filter and reason)."""
+    """Apply the complexity, round-trip and near-duplicate filters in that order; returns (kept, dropped
+    with filter and reason)."""
     dropped = []
+    if min_complexity > 1:
+        questions, out = complexity_filter(questions, min_complexity)
+        dropped.append(out)
     if roundtrip != "none":
         questions, out = roundtrip_filter(questions, chunks, top_k=roundtrip_top_k, method=roundtrip, model=model)
         dropped.append(out)

@@ -28,6 +28,7 @@ def synthetic_qa(
         max_chunks=config.max_chunks,
         seed=config.seed,
         multihop_per_document=config.multihop_per_document,
+        prompt_style=config.prompt_style,
     )
     stats = result.stats
     if result.questions.empty:
@@ -52,6 +53,7 @@ def synthetic_qa(
         roundtrip=config.roundtrip,
         roundtrip_top_k=config.roundtrip_top_k,
         dedup_threshold=config.dedup_threshold,
+        min_complexity=config.min_complexity,
     )
     judge_stats: dict = {}
     judge = config.judge_settings()
@@ -68,13 +70,18 @@ def synthetic_qa(
         {
             **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
             "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
+            "reasoning_types": dg.MetadataValue.json(kept["reasoning_type"].value_counts().to_dict()),
+            "complexity_histogram": dg.MetadataValue.json(
+                {int(k): int(v) for k, v in kept["complexity"].value_counts().sort_index().items()}
+            ),
+            "removed_by_complexity": int(removed.get("complexity", 0)),
             "removed_by_roundtrip": int(removed.get("roundtrip", 0)),
             "removed_by_near_duplicate": int(removed.get("near_duplicate", 0)),
             "removed_by_judge": int(removed.get("judge", 0)),
             **{f"judge_{k}": v for k, v in judge_stats.items() if v is not None},
             "questions": len(kept),
             "kept_examples": dg.MetadataValue.md(
-                kept[["question", "source_chunk_id"]].head(8).to_markdown(index=False)
+                kept[["question", "reasoning_type", "complexity", "source_chunk_id"]].head(8).to_markdown(index=False)
             ),
             "dropped_examples": dg.MetadataValue.md(
                 dropped.groupby("filter").head(4)[["filter", "question", "reason"]].to_markdown(index=False)
