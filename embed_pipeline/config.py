@@ -106,6 +106,10 @@ class MiningConfig(dg.Config):
     )
     absolute_margin: float | None = Field(default=None, description="Or drop those within this absolute margin.")
     batch_size: int = Field(default=64, description="Encoding batch size.")
+    exclude_same_document: bool = Field(
+        default=True,
+        description="Never take another chunk of a positive's document as a negative (it often answers too).",
+    )
 
 
 class TrainingConfig(dg.Config):

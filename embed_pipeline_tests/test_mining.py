@@ -23,7 +23,7 @@ def model():
 
 
 def _chunks() -> pd.DataFrame:
-    return pd.DataFrame({"chunk_id": list(PASSAGES), "passage": list(PASSAGES.values())})
+    return pd.DataFrame({"chunk_id": list(PASSAGES), "doc_id": list(PASSAGES), "passage": list(PASSAGES.values())})
 
 
 def test_margin_rule_drops_candidates_above_095_of_the_weakest_positive_and_masks_all_positives(model):
@@ -64,3 +64,14 @@ def test_unknown_positive_is_a_clear_error(model):
     questions = pd.DataFrame({"question_id": ["q"], "question": [QUESTION], "positive_chunk_ids": [["nope"]]})
     with pytest.raises(ValueError, match="nope"):
         mine_negatives(questions, _chunks(), model)
+
+
+def test_other_chunks_of_a_positive_document_are_never_negatives_unless_asked(model):
+    questions = pd.DataFrame({"question_id": ["q:1"], "question": [QUESTION], "positive_chunk_ids": [["pos/a.b:1"]]})
+    chunks = _chunks()
+    chunks.loc[chunks["chunk_id"] == "related", "doc_id"] = "pos/a.b:1"  # a second chunk of the positive's doc
+    kept = mine_negatives(questions, chunks, model, num_mined=3)
+    assert "related" not in list(kept["negative_chunk_ids"].iloc[0])
+    assert len(kept["negative_chunk_ids"].iloc[0]) == 3  # extra candidates mined to make up for it
+    allowed = mine_negatives(questions, chunks, model, num_mined=3, exclude_same_document=False)
+    assert "related" in list(allowed["negative_chunk_ids"].iloc[0])

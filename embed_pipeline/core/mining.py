@@ -21,11 +21,14 @@ def mine_negatives(
     relative_margin: float | None = 0.05,
     absolute_margin: float | None = None,
     batch_size: int = 64,
+    exclude_same_document: bool = True,
 ) -> pd.DataFrame:
     """Mine hard negatives for each (question, positive) pair over the whole chunk corpus.
 
     All positives of a question are masked and a candidate is dropped when it scores above the
-    margin-adjusted weakest positive (relative_margin=0.05: above 0.95 × min positive score).
+    margin-adjusted weakest positive (relative_margin=0.05: above 0.95 × min positive score). With
+    `exclude_same_document`, other chunks of a positive's document are never negatives either: they share
+    its title and context and often answer the question too (false negatives).
     Returns one row per (question, positive) with negative chunk ids and scores, best first; a
     question for which no negative survives gets an empty list (never silently dropped).
     """
@@ -38,6 +41,13 @@ def mine_negatives(
     for chunk_id, passage in zip(chunks["chunk_id"], chunks["passage"], strict=True):
         chunk_of_passage.setdefault(passage, chunk_id)
     qid_of_text = dict(zip(questions["question"], questions["question_id"], strict=True))
+    doc_of = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
+    positive_docs = {
+        qid: {doc_of[c] for c in positives}
+        for qid, positives in zip(questions["question_id"], questions["positive_chunk_ids"], strict=True)
+    }
+    # Mine enough extra candidates to still have num_mined after dropping same-document ones.
+    extra = int(chunks.groupby("doc_id").size().max()) - 1 if exclude_same_document else 0
 
     dataset = Dataset.from_dict(
         {
@@ -49,7 +59,7 @@ def mine_negatives(
         dataset,
         model,
         corpus=chunks["passage"].tolist(),
-        num_negatives=num_mined,
+        num_negatives=num_mined + extra,
         relative_margin=relative_margin,
         absolute_margin=absolute_margin,
         sampling_strategy="top",
@@ -61,11 +71,15 @@ def mine_negatives(
     )
     found: dict[tuple[str, str], dict] = {}
     for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"], strict=True):
-        key = (qid_of_text[anchor], chunk_of_passage[docs[0]])
-        found[key] = {
+        qid = qid_of_text[anchor]
+        negatives = [(chunk_of_passage[d], float(s)) for d, s in zip(docs[1:], scores[1:], strict=True)]
+        if exclude_same_document:
+            negatives = [(c, s) for c, s in negatives if doc_of[c] not in positive_docs[qid]]
+        negatives = negatives[:num_mined]
+        found[(qid, chunk_of_passage[docs[0]])] = {
             "positive_score": scores[0],
-            "negative_chunk_ids": [chunk_of_passage[d] for d in docs[1:]],
-            "negative_scores": [float(s) for s in scores[1:]],
+            "negative_chunk_ids": [c for c, _ in negatives],
+            "negative_scores": [s for _, s in negatives],
         }
     rows = []
     for row in pairs.itertuples(index=False):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,9 @@ def finetune(
     """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
     negatives, and save a standard sentence-transformers folder (safetensors) to `output_dir`.
 
+    `rows` has question_id, anchor, positive and negative_1..k columns (the unrolled training set);
+    batches come from `QuestionBatchSampler`, so no question meets its own positives as negatives.
+
     The folder is written next to its final place and renamed, so a crash never leaves half a model.
     """
     from datasets import Dataset
@@ -55,9 +59,11 @@ def finetune(
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
 
-    text_columns = [c for c in rows.columns if c == "anchor" or c == "positive" or c.startswith("negative_")]
+    from embed_pipeline.core.sampler import QuestionBatchSampler
+
+    negative_columns = [c for c in rows.columns if c.startswith("negative_")]
+    text_columns = ["anchor", "positive", *negative_columns]
     if len(rows) == 0:
         raise ValueError("No training rows: every question lacked enough hard negatives or none were generated.")
     output_dir = Path(output_dir)
@@ -81,7 +87,12 @@ def finetune(
         per_device_train_batch_size=batch,
         learning_rate=learning_rate,
         warmup_steps=warmup_steps,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=partial(
+            QuestionBatchSampler,
+            question_ids=rows["question_id"].tolist(),
+            positives=rows["positive"].tolist(),
+            negatives=rows[negative_columns].to_numpy().tolist(),
+        ),
         save_strategy="no",
         logging_steps=5,
         report_to="none",

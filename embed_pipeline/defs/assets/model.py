@@ -35,6 +35,7 @@ def hard_negatives(
         relative_margin=config.relative_margin,
         absolute_margin=config.absolute_margin,
         batch_size=config.batch_size,
+        exclude_same_document=config.exclude_same_document,
     )
     negative_scores = [s for scores in mined["negative_scores"] for s in scores]
     context.add_output_metadata(
@@ -83,7 +84,7 @@ def finetuned_model(
     """Contrastive fine-tune (MNRL, temperature 0.02) saved as a sentence-transformers folder."""
     out = pipeline.artifacts("models", f"finetuned-{context.run_id[:8]}")
     stats = finetune(
-        training_set.drop(columns=["question_id"]),
+        training_set,
         base_model=pipeline.base_model_path(),
         output_dir=out,
         device=compute.torch_device(),
