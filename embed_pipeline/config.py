@@ -96,6 +96,9 @@ class SyntheticQAConfig(dg.Config):
 
 class SplitConfig(dg.Config):
     test_fraction: float = Field(default=0.2, description="Share of documents whose questions are held out.")
+    validation_fraction: float = Field(
+        default=0.1, description="Share of the other documents whose questions pick the best checkpoint."
+    )
     seed: int = Field(default=42, description="Seed of the document split.")
 
 
@@ -130,6 +133,16 @@ class TrainingConfig(dg.Config):
         default=0.0,
         description="Attention dropout while training; 0 allows the fused attention kernel (about 2x faster on "
         "CPU). Empty: the model's own value (0.1 for MiniLM).",
+    )
+    matryoshka_dims: list[int] | None = Field(
+        default=None,
+        description="Also train truncated embeddings of these sizes (MatryoshkaLoss), e.g. [384, 256, 128, 64].",
+    )
+    validation_corpus_size: int = Field(
+        default=5000, description="Passages the validation questions are ranked among (their positives included)."
+    )
+    checkpoint_steps: int | None = Field(
+        default=None, description="Checkpoint (and validate) every this many steps; empty: every epoch."
     )
 
 

@@ -44,7 +44,7 @@ def test_lineage_and_gpu_pool():
         "qa_splits": {"synthetic_qa"},
         "hard_negatives": {"qa_splits", "chunked_corpus"},
         "training_set": {"hard_negatives", "chunked_corpus"},
-        "finetuned_model": {"training_set"},
+        "finetuned_model": {"training_set", "qa_splits", "chunked_corpus"},
         "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model"},
         "onnx_model": {"finetuned_model", "chunked_corpus"},
     }

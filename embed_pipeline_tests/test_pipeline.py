@@ -121,6 +121,9 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     assert (model_dir / "model.safetensors").exists()
     assert not list(model_dir.rglob("*.bin")) and not list(model_dir.rglob("*.pt"))
     assert SentenceTransformer(str(model_dir), device="cpu").encode(["hello"]).shape == (1, 384)
+    card = (model_dir / "README.md").read_text()
+    assert "## Training (embed_pipeline)" in card and "| base model |" in card
+    assert "## Evaluation (embed_pipeline beir_report)" in card and "| fine-tuned |" in card
     checks = result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [("matches_pytorch", True)]
     assert result.output_for_node("onnx_model")["max_abs_difference"] < 1e-4

@@ -25,3 +25,18 @@ def test_too_few_documents_is_a_clear_error():
     one_doc = pd.DataFrame({"question_id": ["q1", "q2"], "doc_id": ["d", "d"]})
     with pytest.raises(ValueError, match="at least 2 documents"):
         split_by_document(one_doc)
+
+
+def test_validation_documents_come_from_the_training_side_and_leave_test_unchanged():
+    plain = split_by_document(_questions(), test_fraction=0.2, seed=42)
+    with_validation = split_by_document(_questions(), test_fraction=0.2, seed=42, validation_fraction=0.25)
+    assert with_validation.groupby("doc_id")["split"].nunique().max() == 1
+    assert (with_validation["split"] == "test").equals(plain["split"] == "test")
+    docs = with_validation.groupby("split")["doc_id"].nunique()
+    assert docs.to_dict() == {"test": 2, "train": 6, "validation": 2}
+
+
+def test_validation_never_takes_the_last_training_document():
+    two_docs = _questions()[_questions()["doc_id"].isin(["d0", "d1"])]
+    split = split_by_document(two_docs, test_fraction=0.5, validation_fraction=0.5)
+    assert sorted(split.groupby("doc_id")["split"].first()) == ["test", "train"]

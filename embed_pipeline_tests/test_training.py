@@ -1,8 +1,17 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
 
+from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.sampler import QuestionBatchSampler
-from embed_pipeline.core.training import batch_size_rule
+from embed_pipeline.core.training import ValidationSet, batch_size_rule, finetune
 
 
 @pytest.mark.parametrize(("n", "batch"), [(10, 16), (128, 16), (200, 25), (512, 64), (1999, 64), (2000, 128)])
@@ -51,3 +60,93 @@ def test_question_sampler_never_batches_a_question_twice_or_a_positive_with_its_
             assert len(qids) == len(set(qids)), qids
             together_q1_q2 += {"q1", "q2"} <= set(qids)
     assert together_q1_q2 == 0
+
+
+TOPICS = ["kidney", "liver", "heart", "lung", "brain", "bone", "skin", "blood", "eye", "ear", "gut", "muscle"]
+
+
+def _training_rows() -> pd.DataFrame:
+    rows = []
+    for i, topic in enumerate(TOPICS):
+        others = [t for t in TOPICS if t != topic]
+        rows.append(
+            {
+                "question_id": f"q.{i}/v:1",
+                "anchor": f"Which enzyme is most active in the {topic}?",
+                "positive": f"Enzyme E{i} is the most active enzyme in the {topic} of adult mice.",
+                **{f"negative_{k}": f"Enzyme E{i + k} is found in the {others[k]} of rats." for k in range(1, 3)},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _validation() -> ValidationSet:
+    corpus = {f"c{i}": f"Enzyme E{i} is the most active enzyme in the {t} of adult mice." for i, t in enumerate(TOPICS)}
+    queries = {f"v{i}": f"What enzyme works hardest in the {t}?" for i, t in enumerate(TOPICS[:4])}
+    return ValidationSet(queries=queries, corpus=corpus, relevant={f"v{i}": {f"c{i}"} for i in range(4)})
+
+
+def test_matryoshka_checkpoint_encodes_at_every_dimension_and_validation_keeps_the_best(tmp_path):
+    stats = finetune(
+        _training_rows(),
+        base_model_path(None),
+        tmp_path / "model",
+        epochs=2,
+        batch_size=4,
+        matryoshka_dims=[384, 128, 32],
+        validation=_validation(),
+    )
+    assert stats["matryoshka_dims"] == [384, 128, 32] and stats["steps"] == 6
+    assert len(stats["validation_curve"]) == 2 and stats["best_checkpoint"] in {"checkpoint-3", "checkpoint-6"}
+    assert stats["validation_ndcg@10_base"] is not None
+    files = {p.name for p in (tmp_path / "model").rglob("*") if p.is_file()}
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "| Matryoshka dimensions | [384, 128, 32] |" in card and "| training questions | 12 |" in card
+    assert "model.safetensors" in files and not {f for f in files if f.endswith((".bin", ".pt", ".pkl", ".pth"))}
+    for dim in (384, 128, 32):
+        model = SentenceTransformer(str(tmp_path / "model"), device="cpu", truncate_dim=dim)
+        vectors = model.encode(["Which enzyme acts in the liver?"], normalize_embeddings=True)
+        assert vectors.shape == (1, dim) and abs(float((vectors**2).sum()) - 1) < 1e-5
+
+
+def test_bad_matryoshka_dimension_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"matryoshka_dims \[512\]"):
+        finetune(_training_rows(), base_model_path(None), tmp_path / "m", matryoshka_dims=[512, 128])
+
+
+_KILLED_TRAINING = """
+import sys
+from pathlib import Path
+from embed_pipeline.core.device import base_model_path
+from embed_pipeline.core.training import finetune
+from embed_pipeline_tests.test_training import _training_rows
+finetune(_training_rows(), base_model_path(None), Path(sys.argv[1]), epochs=4, batch_size=4,
+         checkpoint_dir=Path(sys.argv[2]), checkpoint_steps=1)
+"""
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINING, str(tmp_path / "a"), str(checkpoints)], env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(checkpoints.glob("checkpoint-3/trainer_state.json")):
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint finish writing, then kill mid-run
+    child.kill()
+    child.wait()
+    assert not (tmp_path / "a").exists(), "training finished before it could be killed"
+    saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert saved and saved[-1] < 12
+
+    stats = finetune(
+        _training_rows(),
+        base_model_path(None),
+        tmp_path / "b",
+        epochs=4,
+        batch_size=4,
+        checkpoint_dir=checkpoints,
+        checkpoint_steps=1,
+    )
+    assert stats["resumed_from_step"] == saved[-1] >= 3 and stats["steps"] == 12
+    assert not checkpoints.exists()  # done: nothing left to resume

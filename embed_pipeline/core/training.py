@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import shutil
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +34,40 @@ def use_bf16(device: str, precision: str = "auto") -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """Held-out questions, the passages they are ranked among, and which passages answer which question."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    relevant: dict[str, set[str]]
+
+
+def validation_set(questions: pd.DataFrame, chunks: pd.DataFrame, max_corpus: int = 5000, seed: int = 42):
+    """Validation questions ranked among their positives plus a seeded sample of other chunks (all of them
+    when the corpus is small): cheap enough to score every epoch, hard enough to tell checkpoints apart.
+    Returns None when there are no validation questions."""
+    if questions.empty:
+        return None
+    relevant = {q: set(p) for q, p in zip(questions["question_id"], questions["positive_chunk_ids"], strict=True)}
+    needed = set().union(*relevant.values())
+    others = chunks[~chunks["chunk_id"].isin(needed)]
+    others = others.sample(n=min(len(others), max(0, max_corpus - len(needed))), random_state=seed)
+    kept = pd.concat([chunks[chunks["chunk_id"].isin(needed)], others])
+    return ValidationSet(
+        queries=dict(zip(questions["question_id"], questions["question"], strict=True)),
+        corpus=dict(zip(kept["chunk_id"], kept["passage"], strict=True)),
+        relevant=relevant,
+    )
+
+
+def checkpoint_key(rows: pd.DataFrame, settings: dict) -> str:
+    """Identity of a training job (its rows and settings): a re-run of the same job resumes its checkpoints."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).values.tobytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def finetune(
     rows: pd.DataFrame,
     base_model: str,
@@ -43,13 +81,20 @@ def finetune(
     seed: int = 42,
     precision: str = "auto",
     attention_dropout: float | None = 0.0,
+    matryoshka_dims: list[int] | None = None,
+    validation: ValidationSet | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_steps: int | None = None,
 ) -> dict:
     """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
-    negatives, and save a standard sentence-transformers folder (safetensors) to `output_dir`.
+    negatives (wrapped in MatryoshkaLoss when `matryoshka_dims` is given), and save a standard
+    sentence-transformers folder (safetensors) to `output_dir`.
 
     `rows` has question_id, anchor, positive and negative_1..k columns (the unrolled training set);
     batches come from `QuestionBatchSampler`, so no question meets its own positives as negatives.
-
+    With `validation`, nDCG@10 on it is measured before training and at every checkpoint, and the best
+    checkpoint is the one saved. With `checkpoint_dir`, a checkpoint is written every `checkpoint_steps`
+    (default: every epoch) and a killed run of the same job resumes from the last one.
     The folder is written next to its final place and renamed, so a crash never leaves half a model.
     """
     from datasets import Dataset
@@ -58,8 +103,10 @@ def finetune(
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
+    from embed_pipeline.core.model_card import append_section, training_section
     from embed_pipeline.core.sampler import QuestionBatchSampler
 
     negative_columns = [c for c in rows.columns if c.startswith("negative_")]
@@ -71,6 +118,7 @@ def finetune(
         raise FileExistsError(f"{output_dir} exists: models are never overwritten in place.")
     staging = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else staging / "checkpoints"
 
     # Attention dropout forces PyTorch's slow unfused attention while training; without it (hidden-layer
     # dropout stays) a CPU step is about 2x faster. None keeps the model's own value.
@@ -80,9 +128,31 @@ def finetune(
         else {"attention_probs_dropout_prob": attention_dropout, "attention_dropout": attention_dropout}
     )
     model = SentenceTransformer(base_model, device=device, config_kwargs=overrides)
+    dimension = model.get_embedding_dimension()
+    bad_dims = [d for d in matryoshka_dims or [] if not 0 < d <= dimension]
+    if bad_dims:
+        raise ValueError(f"matryoshka_dims {bad_dims} outside 1..{dimension} (the model's dimension)")
     batch = batch_size or batch_size_rule(len(rows))
+    steps_per_epoch = math.ceil(len(rows) / batch)
+    every = checkpoint_steps or steps_per_epoch
+    evaluator = None
+    if validation is not None:
+        evaluator = InformationRetrievalEvaluator(
+            validation.queries,
+            validation.corpus,
+            validation.relevant,
+            name="validation",
+            ndcg_at_k=[10],
+            mrr_at_k=[10],
+            accuracy_at_k=[1],
+            precision_recall_at_k=[10],
+            map_at_k=[10],
+            show_progress_bar=False,
+            batch_size=64,
+        )
+    best_metric = f"eval_validation_{model.similarity_fn_name}_ndcg@10"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(staging / "checkpoints"),
+        output_dir=str(checkpoints),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch,
         learning_rate=learning_rate,
@@ -93,39 +163,74 @@ def finetune(
             positives=rows["positive"].tolist(),
             negatives=rows[negative_columns].to_numpy().tolist(),
         ),
-        save_strategy="no",
+        save_strategy="steps" if checkpoint_dir or evaluator else "no",
+        save_steps=every,
+        save_total_limit=2,
+        save_only_model=False,
+        eval_strategy="steps" if evaluator else "no",
+        eval_steps=every,
+        load_best_model_at_end=evaluator is not None,
+        metric_for_best_model=best_metric if evaluator else None,
+        greater_is_better=True,
         logging_steps=5,
         report_to="none",
         seed=seed,
         use_cpu=device == "cpu",
         bf16=use_bf16(device, precision),
+        activation_checkpointing=device.startswith("cuda"),
     )
+    loss = MultipleNegativesRankingLoss(model, scale=1.0 / temperature)
+    if matryoshka_dims:
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(matryoshka_dims), reverse=True))
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_pandas(rows[text_columns], preserve_index=False),
-        loss=MultipleNegativesRankingLoss(model, scale=1.0 / temperature),
+        loss=loss,
+        evaluator=evaluator,
     )
+    base_score = evaluator(model)[best_metric.removeprefix("eval_")] if evaluator else None
+    resume = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resumed_from = int(resume[-1].name.split("-")[1]) if resume else 0
+    if resumed_from:
+        log.info("Resuming training from %s", resume[-1])
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
     seconds = time.perf_counter() - started
-    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-    model.save(str(staging), safe_serialization=True)
-    staging.rename(output_dir)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    validation_curve = [
+        {"step": entry["step"], "ndcg@10": round(float(entry[best_metric]), 4)}
+        for entry in history
+        if best_metric in entry
+    ]
+    stats = {
         "path": str(output_dir),
         "base_model": base_model,
         "train_rows": len(rows),
+        "train_questions": int(rows["question_id"].nunique()),
         "batch_size": batch,
         "epochs": epochs,
         "learning_rate": learning_rate,
         "temperature": temperature,
+        "matryoshka_dims": sorted(set(matryoshka_dims), reverse=True) if matryoshka_dims else None,
         "steps": int(result.global_step),
+        "resumed_from_step": resumed_from,
         "train_seconds": round(seconds, 1),
         "final_loss": round(float(result.training_loss), 4),
         "loss_curve": [round(float(x), 4) for x in losses],
+        "validation_questions": len(validation.queries) if validation else 0,
+        "validation_ndcg@10_base": round(float(base_score), 4) if base_score is not None else None,
+        "validation_curve": validation_curve,
+        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
         "device": device,
         "bf16": args.bf16,
         "attention_dropout": attention_dropout,
     }
+    model.save(str(staging), safe_serialization=True)
+    append_section(staging, "Training (embed_pipeline)", training_section(stats))
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    staging.rename(output_dir)
+    if checkpoint_dir:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the job is done: nothing left to resume
+    return stats

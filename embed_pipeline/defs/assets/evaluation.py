@@ -7,6 +7,7 @@ import pandas as pd
 
 from embed_pipeline.config import EvaluationConfig
 from embed_pipeline.core.evaluation import load_beir_queries
+from embed_pipeline.core.model_card import append_section
 from embed_pipeline.core.report import (
     HEADLINE_METRICS,
     REAL,
@@ -59,6 +60,7 @@ def beir_report(
     write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     write_atomically(md_path, lambda tmp: tmp.write_text(table + "\n"))
     report["report_json"], report["report_markdown"] = str(json_path), str(md_path)
+    append_section(finetuned_model["path"], "Evaluation (embed_pipeline beir_report)", table)
     headline = {
         f"{name}/{system}/{metric}": entry["systems"][system][metric]
         for name, entry in report["query_sets"].items()

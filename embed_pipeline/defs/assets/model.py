@@ -7,7 +7,7 @@ import pandas as pd
 
 from embed_pipeline.config import MiningConfig, TrainingConfig
 from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
-from embed_pipeline.core.training import finetune
+from embed_pipeline.core.training import checkpoint_key, finetune, validation_set
 from embed_pipeline.defs.plots import histogram_markdown
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
@@ -80,21 +80,33 @@ def finetuned_model(
     pipeline: PipelineResource,
     compute: TorchDeviceResource,
     training_set: pd.DataFrame,
+    qa_splits: pd.DataFrame,
+    chunked_corpus: pd.DataFrame,
 ) -> dict:
-    """Contrastive fine-tune (MNRL, temperature 0.02) saved as a sentence-transformers folder."""
-    out = pipeline.artifacts("models", f"finetuned-{context.run_id[:8]}")
+    """Contrastive fine-tune (MNRL, temperature 0.02), best checkpoint on the validation questions, saved
+    as a sentence-transformers folder; a killed run resumes from its last checkpoint."""
+    settings = config.model_dump(exclude={"num_negatives", "validation_corpus_size"})
+    validation = validation_set(
+        qa_splits[qa_splits["split"] == "validation"], chunked_corpus, config.validation_corpus_size, config.seed
+    )
+    job = checkpoint_key(training_set, {**settings, "base_model": pipeline.base_model_path()})
     stats = finetune(
         training_set,
         base_model=pipeline.base_model_path(),
-        output_dir=out,
+        output_dir=pipeline.artifacts("models", f"finetuned-{context.run_id[:8]}"),
         device=compute.torch_device(),
-        **config.model_dump(exclude={"num_negatives"}),
+        validation=validation,
+        checkpoint_dir=pipeline.artifacts("checkpoints", job),
+        **settings,
     )
+    if stats["resumed_from_step"]:
+        context.log.info(f"Resumed from step {stats['resumed_from_step']} of an earlier, interrupted run")
     context.add_output_metadata(
         {
-            **{k: v for k, v in stats.items() if k not in ("loss_curve", "path")},
+            **{k: v for k, v in stats.items() if k not in ("loss_curve", "validation_curve", "path") and v is not None},
             "model_path": dg.MetadataValue.path(stats["path"]),
             "loss_curve": dg.MetadataValue.json(stats["loss_curve"]),
+            "validation_curve": dg.MetadataValue.json(stats["validation_curve"]),
         }
     )
     return stats

@@ -95,13 +95,19 @@ def synthetic_qa(
 
 @dg.asset(group_name="questions", kinds={"pandas"})
 def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_qa: pd.DataFrame) -> pd.DataFrame:
-    """Train/test assignment by document: no document has questions on both sides."""
-    split = split_by_document(synthetic_qa, test_fraction=config.test_fraction, seed=config.seed)
+    """Train/validation/test assignment by document: no document has questions on two sides."""
+    split = split_by_document(
+        synthetic_qa,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+    )
     counts = split.groupby("split").agg(questions=("question_id", "size"), documents=("doc_id", "nunique"))
     context.add_output_metadata(
         {
             "train_questions": int(counts.loc["train", "questions"]),
             "test_questions": int(counts.loc["test", "questions"]),
+            "validation_questions": int(counts["questions"].get("validation", 0)),
             "train_documents": int(counts.loc["train", "documents"]),
             "test_documents": int(counts.loc["test", "documents"]),
         }
