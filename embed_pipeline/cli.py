@@ -105,6 +105,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
         artifacts_dir=str(out),
         eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
         base_model=args.base_model,
+        query_prompt=args.query_prompt,
+        passage_prompt=args.passage_prompt,
     )
     run_config = {**_run_config(args), "loggers": {"console": {"config": {"log_level": args.log_level}}}}
     instance = _instance(out)
@@ -150,6 +152,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multihop-per-document", type=int, help="2-3-hop questions per document.")
     parser.add_argument("--epochs", type=int, help="Training epochs.")
     parser.add_argument("--base-model", help="Base bi-encoder: Hugging Face id or folder (default: all-MiniLM-L6-v2).")
+    parser.add_argument("--query-prompt", help='Text prepended to queries, e.g. "query: " for E5 models.')
+    parser.add_argument("--passage-prompt", help='Text prepended to passages, e.g. "passage: " for E5 models.')
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
     parser.add_argument("--on-error", choices=["raise", "skip"], help="Bad documents: stop (default) or skip.")
     parser.add_argument("--log-level", default="INFO", help="Dagster console log level (DEBUG shows every event).")

@@ -158,13 +158,17 @@ def test_dense_search_ranks_the_obvious_document_first(model: SentenceTransforme
     queries = {"q1": "which instrument is played with a bow?", "q2": "baking a cake"}
 
     results = dense_search(model, list(CORPUS), list(CORPUS.values()), queries, top_k=3)
-    prompted = dense_search(model, list(CORPUS), list(CORPUS.values()), queries, top_k=3, query_prompt="query: ")
+    model.prompts["query"] = "query: "
+    try:
+        prompted = dense_search(model, list(CORPUS), list(CORPUS.values()), queries, top_k=3)
+    finally:
+        del model.prompts["query"]
 
     assert next(iter(results["q1"])) == "d:5"
     assert next(iter(results["q2"])) == "doc-2"
     assert all(len(hits) == 3 for hits in results.values())
     assert all(isinstance(s, float) and -1.0 <= s <= 1.0001 for s in results["q1"].values())
-    assert prompted["q1"] != results["q1"]  # the prompt reached the query encoder
+    assert prompted["q1"] != results["q1"]  # the model's query prompt reached the query encoder
 
 
 def test_collapse_to_documents_keeps_each_documents_best_chunk() -> None:

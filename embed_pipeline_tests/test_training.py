@@ -4,6 +4,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -150,3 +151,19 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     )
     assert stats["resumed_from_step"] == saved[-1] >= 3 and stats["steps"] == 12
     assert not checkpoints.exists()  # done: nothing left to resume
+
+
+def test_prompts_reach_training_and_are_saved_with_the_model(tmp_path):
+    stats = finetune(
+        _training_rows().head(8),
+        base_model_path(None),
+        tmp_path / "model",
+        epochs=1,
+        batch_size=4,
+        query_prompt="query: ",
+        passage_prompt="passage: ",
+    )
+    saved = SentenceTransformer(stats["path"], device="cpu")
+    assert saved.prompts["query"] == "query: " and saved.prompts["document"] == "passage: "
+    text = "Which enzyme acts in the liver?"
+    assert not np.allclose(saved.encode_query([text]), saved.encode([text]))  # the prompt is applied

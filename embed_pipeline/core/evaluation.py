@@ -112,13 +112,13 @@ def dense_search(
     queries: dict[str, str],
     top_k: int = 100,
     batch_size: int = 64,
-    query_prompt: str | None = None,
     show_progress_bar: bool = False,
 ) -> Results:
     """Rank the corpus for each query by cosine similarity of ``model`` embeddings (exact faiss search).
 
-    ``query_prompt`` is prepended to queries only (e.g. the prefix the model was trained with).
-    Uses every visible GPU when faiss has GPU support, else the CPU.
+    Queries go through ``encode_query`` and passages through ``encode_document``, so the model's
+    "query" / "document" prompts (see ``load_bi_encoder``) are applied. Uses every visible GPU when faiss
+    has GPU support, else the CPU.
     """
     _check_corpus(corpus_ids, corpus_texts)
     if not queries:
@@ -129,9 +129,8 @@ def dense_search(
         "convert_to_numpy": True,
         "show_progress_bar": show_progress_bar,
     }
-    doc_emb = model.encode(corpus_texts, **encode)
-    query_kwargs = encode if query_prompt is None else {**encode, "prompt": query_prompt}
-    query_emb = model.encode(list(queries.values()), **query_kwargs)
+    doc_emb = model.encode_document(corpus_texts, **encode)
+    query_emb = model.encode_query(list(queries.values()), **encode)
     doc_emb = np.ascontiguousarray(doc_emb, dtype=np.float32)
     query_emb = np.ascontiguousarray(query_emb, dtype=np.float32)
 

@@ -67,6 +67,8 @@ def mine_negatives(
         output_scores=True,
         batch_size=batch_size,
         use_faiss=len(chunks) >= FAISS_MIN_CORPUS,
+        query_prompt_name="query" if "query" in model.prompts else None,
+        corpus_prompt_name="document" if "document" in model.prompts else None,
         verbose=False,
     )
     found: dict[tuple[str, str], dict] = {}

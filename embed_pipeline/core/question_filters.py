@@ -72,7 +72,7 @@ def near_duplicate_filter(questions: pd.DataFrame, model, threshold: float = 0.9
 
     if len(questions) < 2:
         return questions, pd.DataFrame(columns=DROPPED_COLUMNS)
-    embeddings = model.encode(questions["question"].tolist(), convert_to_tensor=True, normalize_embeddings=True)
+    embeddings = model.encode_query(questions["question"].tolist(), convert_to_tensor=True, normalize_embeddings=True)
     pairs = paraphrase_mining_embeddings(embeddings, top_k=10, max_pairs=len(questions) * 10)
     dropped: dict[int, str] = {}
     for score, i, j in sorted((p for p in pairs if p[0] > threshold), key=lambda p: (min(p[1], p[2]), max(p[1], p[2]))):

@@ -42,14 +42,17 @@ def evaluate_systems(
     device: str = "cpu",
     top_k: int = 100,
     batch_size: int = 64,
+    query_prompt: str | None = None,
+    passage_prompt: str | None = None,
 ) -> dict:
     """Score BM25 and each model on each query set.
 
     `query_sets` maps a name to (queries, qrels, qrels_on_documents); document-level qrels are scored by
-    each document's best chunk. `models` maps a system name to a model id or folder.
+    each document's best chunk. `models` maps a system name to a model id or folder, each loaded with
+    the given prompts (when set).
     Returns {"query_sets": {name: {"n_queries", "systems": {system: metrics}}}, "timings_s": {...}}.
     """
-    from sentence_transformers import SentenceTransformer
+    from embed_pipeline.core.device import load_bi_encoder
 
     ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
     chunk_to_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
@@ -77,7 +80,7 @@ def evaluate_systems(
 
     score("BM25", lambda queries: bm25_search(ids, passages, queries, top_k=top_k))
     for system, path in models.items():
-        model = SentenceTransformer(path, device=device)
+        model = load_bi_encoder(path, device, query_prompt, passage_prompt)
         score(
             system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
         )

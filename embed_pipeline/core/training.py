@@ -85,6 +85,8 @@ def finetune(
     validation: ValidationSet | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_steps: int | None = None,
+    query_prompt: str | None = None,
+    passage_prompt: str | None = None,
 ) -> dict:
     """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
     negatives (wrapped in MatryoshkaLoss when `matryoshka_dims` is given), and save a standard
@@ -94,18 +96,17 @@ def finetune(
     batches come from `QuestionBatchSampler`, so no question meets its own positives as negatives.
     With `validation`, nDCG@10 on it is measured before training and at every checkpoint, and the best
     checkpoint is the one saved. With `checkpoint_dir`, a checkpoint is written every `checkpoint_steps`
-    (default: every epoch) and a killed run of the same job resumes from the last one.
+    (default: every epoch) and a killed run of the same job resumes from the last one. Anchors are
+    encoded with the model's query prompt and passages with its document prompt (`query_prompt`,
+    `passage_prompt` override the base model's own); the saved model keeps them.
     The folder is written next to its final place and renamed, so a crash never leaves half a model.
     """
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
+    from embed_pipeline.core.device import load_bi_encoder
     from embed_pipeline.core.model_card import append_section, training_section
     from embed_pipeline.core.sampler import QuestionBatchSampler
 
@@ -127,7 +128,7 @@ def finetune(
         if attention_dropout is None
         else {"attention_probs_dropout_prob": attention_dropout, "attention_dropout": attention_dropout}
     )
-    model = SentenceTransformer(base_model, device=device, config_kwargs=overrides)
+    model = load_bi_encoder(base_model, device, query_prompt, passage_prompt, config_kwargs=overrides)
     dimension = model.get_embedding_dimension()
     bad_dims = [d for d in matryoshka_dims or [] if not 0 < d <= dimension]
     if bad_dims:
@@ -142,6 +143,8 @@ def finetune(
             validation.corpus,
             validation.relevant,
             name="validation",
+            query_prompt_name="query" if "query" in model.prompts else None,
+            corpus_prompt_name="document" if "document" in model.prompts else None,
             ndcg_at_k=[10],
             mrr_at_k=[10],
             accuracy_at_k=[1],
@@ -151,7 +154,11 @@ def finetune(
             batch_size=64,
         )
     best_metric = f"eval_validation_{model.similarity_fn_name}_ndcg@10"
+    column_prompts = {
+        column: model.prompts.get("query" if column == "anchor" else "document") for column in text_columns
+    }
     args = SentenceTransformerTrainingArguments(
+        prompts={column: prompt for column, prompt in column_prompts.items() if prompt} or None,
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch,

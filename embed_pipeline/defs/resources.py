@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from embed_pipeline.core.device import base_model_path, resolve_device
+from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
 
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_data" / "scifact_sample"
 
@@ -17,6 +17,8 @@ class PipelineResource(dg.ConfigurableResource):
     artifacts_dir: str
     eval_beir_dir: str | None = None
     base_model: str | None = None
+    query_prompt: str | None = None
+    passage_prompt: str | None = None
 
     def artifacts(self, *parts: str) -> Path:
         path = Path(self.artifacts_dir, *parts)
@@ -25,6 +27,10 @@ class PipelineResource(dg.ConfigurableResource):
 
     def base_model_path(self) -> str:
         return base_model_path(self.base_model)
+
+    def base_bi_encoder(self, device: str):
+        """The base model with the configured query/passage prompts (see `core.device.load_bi_encoder`)."""
+        return load_bi_encoder(self.base_model_path(), device, self.query_prompt, self.passage_prompt)
 
 
 class TorchDeviceResource(dg.ConfigurableResource):
@@ -45,4 +51,6 @@ def default_pipeline_resource() -> PipelineResource:
         artifacts_dir=os.environ.get("EMBED_PIPELINE_ARTIFACTS", str(Path.cwd() / "artifacts")),
         eval_beir_dir=os.environ.get("EMBED_PIPELINE_EVAL_BEIR", default_eval) or None,
         base_model=os.environ.get("EMBED_PIPELINE_BASE_MODEL") or None,
+        query_prompt=os.environ.get("EMBED_PIPELINE_QUERY_PROMPT") or None,
+        passage_prompt=os.environ.get("EMBED_PIPELINE_PASSAGE_PROMPT") or None,
     )

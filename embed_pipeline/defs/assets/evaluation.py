@@ -51,6 +51,8 @@ def beir_report(
         device=compute.torch_device(),
         top_k=config.top_k,
         batch_size=config.batch_size,
+        query_prompt=pipeline.query_prompt,
+        passage_prompt=pipeline.passage_prompt,
     )
     report["model_path"] = finetuned_model["path"]
     report["eval_beir_dir"] = pipeline.eval_beir_dir

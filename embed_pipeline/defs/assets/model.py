@@ -22,10 +22,8 @@ def hard_negatives(
     chunked_corpus: pd.DataFrame,
 ) -> pd.DataFrame:
     """Base-model hard negatives for the training questions, positives masked, 95% margin."""
-    from sentence_transformers import SentenceTransformer
-
     started = time.perf_counter()
-    model = SentenceTransformer(pipeline.base_model_path(), device=compute.torch_device())
+    model = pipeline.base_bi_encoder(compute.torch_device())
     train = qa_splits[qa_splits["split"] == "train"]
     mined = mine_negatives(
         train,
@@ -89,7 +87,8 @@ def finetuned_model(
     validation = validation_set(
         qa_splits[qa_splits["split"] == "validation"], chunked_corpus, config.validation_corpus_size, config.seed
     )
-    job = checkpoint_key(training_set, {**settings, "base_model": pipeline.base_model_path()})
+    prompts = {"query_prompt": pipeline.query_prompt, "passage_prompt": pipeline.passage_prompt}
+    job = checkpoint_key(training_set, {**settings, **prompts, "base_model": pipeline.base_model_path()})
     stats = finetune(
         training_set,
         base_model=pipeline.base_model_path(),
@@ -97,6 +96,8 @@ def finetuned_model(
         device=compute.torch_device(),
         validation=validation,
         checkpoint_dir=pipeline.artifacts("checkpoints", job),
+        query_prompt=pipeline.query_prompt,
+        passage_prompt=pipeline.passage_prompt,
         **settings,
     )
     if stats["resumed_from_step"]:

@@ -42,10 +42,8 @@ def synthetic_qa(
 
     model = None
     if config.roundtrip == "base" or config.dedup_threshold is not None:
-        from sentence_transformers import SentenceTransformer
-
         # Short texts only (questions; the corpus once for roundtrip="base"): CPU, outside the gpu pool.
-        model = SentenceTransformer(pipeline.base_model_path(), device="cpu")
+        model = pipeline.base_bi_encoder("cpu")
     kept, dropped = filter_questions(
         result.questions,
         chunked_corpus,
