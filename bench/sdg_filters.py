@@ -14,7 +14,6 @@ Writes bench/results/sdg_filters.{json,md} after every variant.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -24,28 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from scifact_subset import build_subset  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 RESULTS = ROOT / "bench" / "results"
-
-
-def build_subset(out: Path) -> Path:
-    """BEIR folder of the 1k subset with the test claims (all their relevant abstracts are inside)."""
-    ids = set((SCIFACT / "subset-1k.ids").read_text().split())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qrels").mkdir(exist_ok=True)
-    with (SCIFACT / "corpus.jsonl").open() as src, (out / "corpus.jsonl").open("w") as dst:
-        dst.writelines(line for line in src if json.loads(line)["_id"] in ids)
-    with (SCIFACT / "qrels" / "test.tsv").open() as f:
-        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["corpus-id"] in ids]
-    claims = {r["query-id"] for r in rows}
-    with (SCIFACT / "queries.jsonl").open() as src, (out / "queries.jsonl").open("w") as dst:
-        dst.writelines(line for line in src if json.loads(line)["_id"] in claims)
-    with (out / "qrels" / "test.tsv").open("w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        f.writelines(f"{r['query-id']}\t{r['corpus-id']}\t{r['score']}\n" for r in rows)
-    return out
 
 
 def generate(args: argparse.Namespace, data: Path, work: Path) -> dict:
