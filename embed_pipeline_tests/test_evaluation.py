@@ -15,8 +15,11 @@ from embed_pipeline.core.evaluation import (
     dense_search,
     load_beir_queries,
     markdown_table,
+    per_query_ndcg,
+    reciprocal_rank_fusion,
     retrieval_metrics,
 )
+from embed_pipeline.core.report import paired_comparison
 
 CORPUS = {
     "a.b/c:1": "Solar panels convert sunlight into electricity using photovoltaic cells.",
@@ -254,3 +257,34 @@ def test_load_beir_queries_missing_inputs(tmp_path: Path) -> None:
     (folder / "queries.jsonl").unlink()
     with pytest.raises(ValueError, match=r"queries\.jsonl does not exist"):
         load_beir_queries(folder)
+
+
+def test_reciprocal_rank_fusion_sums_one_over_k_plus_rank() -> None:
+    bm25 = {"q": {"a": 9.0, "b": 5.0, "c": 1.0}}
+    dense = {"q": {"b": 0.9, "d": 0.8}, "only-dense": {"x": 0.5}}
+    fused = reciprocal_rank_fusion([bm25, dense], k=60)
+    expected = {"b": 1 / 62 + 1 / 61, "a": 1 / 61, "d": 1 / 62, "c": 1 / 63}
+    assert list(fused["q"]) == ["b", "a", "d", "c"]
+    assert fused["q"] == pytest.approx(expected)
+    assert fused["only-dense"] == {"x": 1 / 61}
+
+
+def test_per_query_ndcg_matches_hand_computation_and_counts_missing_queries_as_zero() -> None:
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}, "q3": {"d9": 1}}
+    results = {"q1": {"d0": 0.9, "d1": 0.5}, "q2": {"d2": 0.9, "d3": 0.8}}
+    scores = per_query_ndcg(qrels, results)
+    assert scores["q1"] == pytest.approx(1 / log2(3))
+    assert scores["q2"] == pytest.approx(1.0)
+    assert scores["q3"] == 0.0
+    assert _mean(list(scores.values())) == pytest.approx(retrieval_metrics(qrels, results)["nDCG@10"], abs=1e-4)
+
+
+def test_paired_comparison_reports_delta_interval_and_test() -> None:
+    base = {f"q{i}": 0.5 for i in range(40)}
+    better = {q: v + (0.2 if i % 4 else -0.1) for i, (q, v) in enumerate(base.items())}
+    c = paired_comparison(base, better)
+    assert c["delta"] == pytest.approx(0.125) and c["relative"] == pytest.approx(0.25)
+    assert (c["wins"], c["losses"], c["ties"]) == (30, 10, 0)
+    assert 0 < c["ci95"][0] < 0.125 < c["ci95"][1] and c["wilcoxon_p"] < 0.01
+    same = paired_comparison(base, dict(base))
+    assert same["delta"] == 0 and same["ci95"] is None and same["wilcoxon_p"] is None and same["ties"] == 40

@@ -107,7 +107,9 @@ def test_report_has_every_metric_for_every_system_on_both_query_sets(materialize
     assert set(report["query_sets"]) == {SYNTHETIC, REAL}
     assert report["query_sets"][REAL]["n_queries"] == N_QUERIES
     for entry in report["query_sets"].values():
-        assert set(entry["systems"]) == {"BM25", "base", "fine-tuned"}
+        assert set(entry["systems"]) == {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
+        assert set(entry["vs_base"]) == {"BM25", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
+        assert set(entry["vs_base"]["fine-tuned"]) >= {"delta", "ci95", "wilcoxon_p", "wins", "losses", "ties"}
         for metrics in entry["systems"].values():
             assert set(metrics) == expected
             assert all(0.0 <= v <= 1.0 for v in metrics.values())

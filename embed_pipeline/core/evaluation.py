@@ -36,6 +36,8 @@ __all__ = [
     "dense_search",
     "load_beir_queries",
     "markdown_table",
+    "per_query_ndcg",
+    "reciprocal_rank_fusion",
     "retrieval_metrics",
 ]
 
@@ -78,6 +80,28 @@ def retrieval_metrics(qrels: Qrels, results: Results, ks: tuple[int, ...] = KS) 
         metrics[f"P@{k}"] = precision[f"P@{k}"]
     metrics["MRR@10"] = mrr["MRR@10"]
     return metrics
+
+
+def per_query_ndcg(qrels: Qrels, results: Results, k: int = 10) -> dict[str, float]:
+    """nDCG@k of each query in ``qrels`` (pytrec_eval); a query without results scores 0."""
+    import pytrec_eval
+
+    run = {qid: {doc: float(s) for doc, s in results.get(qid, {}).items()} or {"\0none": 0.0} for qid in qrels}
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}"}).evaluate(run)
+    return {qid: scores.get(qid, {}).get(f"ndcg_cut_{k}", 0.0) for qid in qrels}
+
+
+def reciprocal_rank_fusion(runs: list[Results], k: int = 60, top_k: int = 100) -> Results:
+    """Fuse rankings by reciprocal rank (Cormack et al., 2009): score(d) = sum over runs of 1 / (k + rank)."""
+    fused: Results = {}
+    for qid in set().union(*runs):
+        scores: dict[str, float] = {}
+        for run in runs:
+            ranked = sorted(run.get(qid, {}).items(), key=lambda item: -item[1])
+            for rank, (doc, _) in enumerate(ranked, start=1):
+                scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+        fused[qid] = dict(sorted(scores.items(), key=lambda item: -item[1])[:top_k])
+    return fused
 
 
 def bm25_search(corpus_ids: list[str], corpus_texts: list[str], queries: dict[str, str], top_k: int = 100) -> Results:

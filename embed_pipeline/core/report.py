@@ -10,10 +10,13 @@ import pandas as pd
 
 from embed_pipeline.core.evaluation import (
     Qrels,
+    Results,
     bm25_search,
     collapse_to_documents,
     dense_search,
     markdown_table,
+    per_query_ndcg,
+    reciprocal_rank_fusion,
     retrieval_metrics,
 )
 
@@ -66,15 +69,19 @@ def evaluate_systems(
     merged = {(name, qid): text for name, (queries, _, _) in query_sets.items() for qid, text in queries.items()}
     keys = {f"{i}": key for i, key in enumerate(merged)}
 
+    runs: dict[str, Results] = {}  # chunk-level results of each system, merged query keys
+    per_query: dict[str, dict[str, dict[str, float]]] = {}  # query set -> system -> query -> nDCG@10
+
     def score(system: str, search) -> None:
         started = time.perf_counter()
-        results = search({k: merged[key] for k, key in keys.items()})
+        runs[system] = search({k: merged[key] for k, key in keys.items()})
         for name, (_, qrels, on_documents) in query_sets.items():
-            own = {keys[k][1]: hits for k, hits in results.items() if keys[k][0] == name}
+            own = {keys[k][1]: hits for k, hits in runs[system].items() if keys[k][0] == name}
             if on_documents:
                 own = collapse_to_documents(own, chunk_to_doc)
             entry = report["query_sets"].setdefault(name, {"n_queries": len(qrels), "systems": {}})
             entry["systems"][system] = retrieval_metrics(qrels, own)
+            per_query.setdefault(name, {})[system] = per_query_ndcg(qrels, own)
         report["timings_s"][system] = round(time.perf_counter() - started, 1)
         log.info("%s scored in %.1f s", system, report["timings_s"][system])
 
@@ -85,12 +92,58 @@ def evaluate_systems(
             system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
         )
         del model
+    tuned = [s for s in models if s != "base"]
+    if tuned:
+        hybrid = f"hybrid (RRF: BM25 + {tuned[-1]})"
+        score(hybrid, lambda _: reciprocal_rank_fusion([runs["BM25"], runs[tuned[-1]]], top_k=top_k))
+    if "base" in models:
+        for name, systems in per_query.items():
+            report["query_sets"][name]["vs_base"] = {
+                system: paired_comparison(systems["base"], systems[system]) for system in systems if system != "base"
+            }
     return report
 
 
+def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int = 42) -> dict:
+    """Per-query nDCG@10 of a system against base: mean difference, relative change, a 95% bootstrap
+    confidence interval of the difference (10,000 resamples of the queries), the Wilcoxon signed-rank
+    p-value, and wins/losses/ties. An interval that contains 0 means no demonstrated difference."""
+    import numpy as np
+    from scipy import stats
+
+    deltas = np.array([other[q] - base[q] for q in base])
+    mean_base = float(np.mean(list(base.values())))
+    result = {
+        "metric": "nDCG@10",
+        "delta": round(float(deltas.mean()), 4),
+        "relative": round(float(deltas.mean()) / mean_base, 4) if mean_base else None,
+        "wins": int((deltas > 0).sum()),
+        "losses": int((deltas < 0).sum()),
+        "ties": int((deltas == 0).sum()),
+        "ci95": None,
+        "wilcoxon_p": None,
+    }
+    if len(deltas) >= 2 and np.any(deltas != deltas[0]):
+        ci = stats.bootstrap(
+            (deltas,), np.mean, n_resamples=10_000, rng=np.random.default_rng(seed)
+        ).confidence_interval
+        result["ci95"] = [round(float(ci.low), 4), round(float(ci.high), 4)]
+    if np.any(deltas != 0):
+        result["wilcoxon_p"] = round(float(stats.wilcoxon(deltas).pvalue), 4)
+    return result
+
+
 def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
-    """One table per query set, systems as rows."""
+    """One table per query set, systems as rows, then each system's paired difference from base."""
     parts = []
     for name, entry in report["query_sets"].items():
         parts.append(f"**{name}** ({entry['n_queries']} queries)\n\n{markdown_table(entry['systems'], metrics)}")
+        for system, c in entry.get("vs_base", {}).items():
+            ci = f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "no CI (identical)"
+            p = f"Wilcoxon p = {c['wilcoxon_p']:.3g}" if c["wilcoxon_p"] is not None else "no p-value"
+            relative = f" ({c['relative']:+.1%})" if c["relative"] is not None else ""
+            parts.append(
+                f"- {system} − base, nDCG@10: {c['delta']:+.4f}{relative}, {ci}, {p}; "
+                f"queries better/worse/tied: {c['wins']}/{c['losses']}/{c['ties']}"
+            )
     return "\n\n".join(parts)
