@@ -18,13 +18,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
-from scifact_subset import build_subset  # bench/ is on sys.path when run as a script
+from scifact_subset import build_subset, run_pipeline  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -60,30 +59,11 @@ def main() -> None:
         (out / "cache").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.llm_cache, out / "cache" / "llm_responses.jsonl")
         cached_calls = len(args.llm_cache.read_text().splitlines())
-    command = [
-        str(Path(sys.executable).parent / "embed-pipeline"),
-        "run",
-        "--docs",
-        str(data / "corpus.jsonl"),
-        "--eval-beir",
-        str(data),
-        "--out",
-        str(out),
-        "--json",
-    ]
-    if args.epochs:
-        command += ["--epochs", str(args.epochs)]
-    if args.config:
-        command += ["--config", str(args.config)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DAGSTER_HOME": str(out / "dagster_home")}
+    flags = ["--epochs", str(args.epochs)] if args.epochs else []
+    flags += ["--config", str(args.config)] if args.config else []
     (out / "dagster_home").mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"the pipeline failed:\n{done.stderr[-3000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    run_id = re.search(r"Dagster run (\S+) stored", done.stdout).group(1)
+    report, stdout, wall = run_pipeline(data, out, *flags, env={"DAGSTER_HOME": str(out / "dagster_home")})
+    run_id = re.search(r"Dagster run (\S+) stored", stdout).group(1)
     model = json.loads((out / "finetuned_model.json").read_text())
     meta = {
         "command": "python " + " ".join(sys.argv),

@@ -1,9 +1,14 @@
-"""The fixed SciFact benchmark collections as BEIR folders: the 1,000-abstract subset or the full corpus."""
+"""The fixed SciFact benchmark collections as BEIR folders (the 1,000-abstract subset or the full corpus),
+and running the pipeline's CLI on one."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
@@ -26,3 +31,22 @@ def build_subset(out: Path, full: bool = False) -> Path:
         f.write("query-id\tcorpus-id\tscore\n")
         f.writelines(f"{r['query-id']}\t{r['corpus-id']}\t{r['score']}\n" for r in rows)
     return out
+
+
+def run_pipeline(data: Path, out: Path, *flags: str, env: dict | None = None) -> tuple[dict, str, float]:
+    """`embed-pipeline run` on a BEIR folder (documents and real queries) into `out`, offline.
+
+    Returns (the report JSON, stdout, wall seconds); exits with the tail of stderr if the run fails.
+    """
+    command = [
+        str(Path(sys.executable).parent / "embed-pipeline"),
+        *("run", "--docs", str(data / "corpus.jsonl"), "--eval-beir", str(data), "--out", str(out), "--json"),
+        *flags,
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    )
+    if done.returncode != 0:
+        sys.exit(f"embed-pipeline failed on {data}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout, time.perf_counter() - started

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from scifact_subset import build_subset  # bench/ is on sys.path when run as a script
+from scifact_subset import build_subset, run_pipeline  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -85,28 +84,11 @@ def run_variant(name: str, qa_config: dict, args: argparse.Namespace, data: Path
     qa = {"max_chunks": args.max_chunks, "local_runtime": args.local_runtime, **qa_config}
     config.write_text(yaml.safe_dump({"synthetic_qa": qa, "finetuned_model": {"epochs": args.epochs}}))
     cached_before = _cache_lines(work)
-    command = [
-        str(Path(sys.executable).parent / "embed-pipeline"),
-        "run",
-        "--docs",
-        str(data / "corpus.jsonl"),
-        "--eval-beir",
-        str(data),
-        "--out",
-        str(work / "artifacts"),
-        "--config",
-        str(config),
-        "--json",
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        sys.exit(f"variant {name} failed:\n{done.stderr[-3000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report, _, wall = run_pipeline(data, work / "artifacts", "--config", str(config))
     qa = json.loads((work / "artifacts" / "finetuned_model.json").read_text())
     return {
         "variant": name,
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": round(wall, 1),
         "questions": len(pd.read_parquet(work / "artifacts" / "synthetic_qa.parquet")),
         "llm_calls_made": _cache_lines(work) - cached_before,
         "train_rows": qa["train_rows"],
