@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import yaml
-from scifact_subset import build_subset, run_pipeline  # bench/ is on sys.path when run as a script
+from scifact_subset import build_subset, run_pipeline, seed_llm_cache  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -45,7 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="All 5,183 abstracts instead of the 1k subset.")
     parser.add_argument("--epochs", type=int, help="Override the training epochs (default: the recipe's 3).")
-    parser.add_argument("--llm-cache", type=Path, help="An llm_responses.jsonl to start from.")
+    parser.add_argument(
+        "--llm-cache",
+        type=Path,
+        help="An llm_responses.jsonl(.gz) to start from, e.g. bench/results/sdg_llm_responses.jsonl.gz.",
+    )
     parser.add_argument("--config", type=Path, help="Extra YAML {asset: {field: value}} settings.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/embed_pipeline_bench_recipe"))
     args = parser.parse_args()
@@ -54,11 +57,7 @@ def main() -> None:
     work = args.work / name
     data = build_subset(work / "scifact", full=args.full)
     out = work / "artifacts"
-    cached_calls = 0
-    if args.llm_cache:
-        (out / "cache").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.llm_cache, out / "cache" / "llm_responses.jsonl")
-        cached_calls = len(args.llm_cache.read_text().splitlines())
+    cached_calls = seed_llm_cache(args.llm_cache, out) if args.llm_cache else 0
     flags = ["--epochs", str(args.epochs)] if args.epochs else []
     flags += ["--config", str(args.config)] if args.config else []
     (out / "dagster_home").mkdir(parents=True, exist_ok=True)

@@ -50,3 +50,17 @@ def run_pipeline(data: Path, out: Path, *flags: str, env: dict | None = None) ->
     if done.returncode != 0:
         sys.exit(f"embed-pipeline failed on {data}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout, time.perf_counter() - started
+
+
+def seed_llm_cache(source: Path, out: Path) -> int:
+    """Start the pipeline's LLM cache in `out` from `source` (JSONL, or gzipped JSONL such as the
+    questions committed in bench/results/); returns how many answers it holds."""
+    import gzip
+
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", encoding="utf-8") as f:
+        lines = f.read()
+    target = out / "cache" / "llm_responses.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(lines, encoding="utf-8")
+    return len(lines.splitlines())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from scifact_subset import build_subset, run_pipeline  # bench/ is on sys.path when run as a script
+from scifact_subset import build_subset, run_pipeline, seed_llm_cache  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -106,10 +106,14 @@ def main() -> None:
     parser.add_argument("--judge-api-base")
     parser.add_argument("--judge-api-key-env")
     parser.add_argument("--local-runtime", default="transformers", choices=["auto", "transformers", "llama_cpp"])
+    parser.add_argument(
+        "--llm-cache", type=Path, help="An llm_responses.jsonl(.gz) to start from (generation then mostly cached)."
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/embed_pipeline_bench_sdg"))
     args = parser.parse_args()
 
     data = build_subset(args.work / "scifact-1k")
+    seeded = seed_llm_cache(args.llm_cache, args.work / "artifacts") if args.llm_cache else 0
     variants = {
         "no filter": {"roundtrip": "none", "dedup_threshold": None},
         "round-trip (BM25 top 10)": {"dedup_threshold": None},
@@ -128,6 +132,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "max_chunks": args.max_chunks,
         "epochs": args.epochs,
+        "llm_answers_seeded": seeded,
         "generation": generate(args, data, args.work),
         "variants": [],
     }
