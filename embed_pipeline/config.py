@@ -43,8 +43,8 @@ class SyntheticQAConfig(dg.Config):
     )
     local_runtime: Literal["auto", "transformers", "llama_cpp"] = Field(
         default="auto",
-        description="Runtime of local/ models: llama_cpp (needs the llamacpp extra; several times faster) or "
-        "transformers; auto takes llama.cpp when installed.",
+        description="Runtime of local/ models: llama_cpp (needs the llamacpp extra; loads in 1.5 s instead of 23 s, "
+        "less memory, same questions/s here) or transformers; auto takes llama.cpp when installed.",
     )
     temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
     max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")

@@ -51,7 +51,7 @@ def llama_cpp_available() -> bool:
 
 
 def resolve_runtime(runtime: LocalRuntime) -> Literal["transformers", "llama_cpp"]:
-    """`auto` takes llama.cpp (several times faster on CPU) when `llama-cpp-python` is installed."""
+    """`auto` takes llama.cpp (quick to load, light on memory) when `llama-cpp-python` is installed."""
     if runtime == "auto":
         return "llama_cpp" if llama_cpp_available() else "transformers"
     if runtime == "llama_cpp" and not llama_cpp_available():
