@@ -137,8 +137,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     child.kill()
     child.wait()
     assert not (tmp_path / "a").exists(), "training finished before it could be killed"
-    saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json"))
     assert saved and saved[-1] < 12
+    (checkpoints / "checkpoint-11").mkdir(exist_ok=True)  # as if killed while writing a later checkpoint
 
     stats = finetune(
         _training_rows(),

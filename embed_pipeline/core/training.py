@@ -197,7 +197,13 @@ def finetune(
         evaluator=evaluator,
     )
     base_score = evaluator(model)[best_metric.removeprefix("eval_")] if evaluator else None
-    resume = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # A checkpoint is complete once its trainer_state.json is written (the Trainer writes it last); one a
+    # kill interrupted mid-write is removed, and training resumes from the last complete one.
+    found = list(checkpoints.glob("checkpoint-*"))
+    for torn in [p for p in found if not (p / "trainer_state.json").exists()]:
+        log.warning("Removing incomplete checkpoint %s", torn)
+        shutil.rmtree(torn)
+    resume = sorted((p for p in found if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[1]))
     resumed_from = int(resume[-1].name.split("-")[1]) if resume else 0
     if resumed_from:
         log.info("Resuming training from %s", resume[-1])
