@@ -8,6 +8,7 @@ Writes bench/results/sdg_filters.{json,md} after every variant.
 
     python bench/sdg_filters.py                                      # full: ~1.5 h on 2 cores
     python bench/sdg_filters.py --max-chunks 200 --epochs 1          # reduced, ~25 min
+    python bench/sdg_filters.py --variants 0 1                       # only no filter and round-trip
     python bench/sdg_filters.py --judge-model openai/gpt-4o-mini --judge-api-key-env OPENAI_API_KEY
 """
 
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument(
         "--llm-cache", type=Path, help="An llm_responses.jsonl(.gz) to start from (generation then mostly cached)."
     )
+    parser.add_argument(
+        "--variants", type=int, nargs="+", help="Run only these variants (0-based, in the table's order)."
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/embed_pipeline_bench_sdg"))
     args = parser.parse_args()
 
@@ -137,6 +141,8 @@ def main() -> None:
         "variants": [],
     }
     for i, (name, cfg) in enumerate(variants.items()):
+        if args.variants is not None and i not in args.variants:
+            continue
         meta["variants"].append(run_variant(str(i), cfg, args, data, args.work) | {"variant": name})
         (RESULTS / "sdg_filters.json").write_text(json.dumps(meta, indent=2))
         (RESULTS / "sdg_filters.md").write_text(markdown(meta))
