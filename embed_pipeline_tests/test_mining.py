@@ -3,7 +3,12 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
-from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
+from embed_pipeline.core.mining import (
+    mine_negatives,
+    rows_short_of_negatives,
+    shared_negatives,
+    unroll_training_rows,
+)
 
 QUESTION = "At what temperature does water boil at sea level?"
 PASSAGES = {
@@ -24,6 +29,38 @@ def model():
 
 def _chunks() -> pd.DataFrame:
     return pd.DataFrame({"chunk_id": list(PASSAGES), "doc_id": list(PASSAGES), "passage": list(PASSAGES.values())})
+
+
+# One question's scores against a hand-built corpus: two positives (0.80 and 0.60, so the recipe's limit is
+# 0.95 x 0.60 = 0.57) and candidates on both sides of that limit.
+POSITIVES = {"pos:strong": 0.80, "pos:weak": 0.60}
+CANDIDATES = {
+    "pos:strong": 0.80,  # a positive offered as a candidate again: masked
+    "above-strong-limit": 0.77,  # under 0.95 x the strong positive, above 0.95 x the weak one: dropped
+    "at-limit": 0.57,
+    "below-1": 0.55,
+    "same-doc": 0.50,
+    "below-2": 0.40,
+    "below-3": 0.10,
+}
+
+
+def test_margin_is_taken_from_the_weakest_positive_and_positives_are_masked():
+    kept = shared_negatives(POSITIVES, CANDIDATES, num_mined=10)
+    assert [c for c, _ in kept] == ["at-limit", "below-1", "same-doc", "below-2", "below-3"]
+    assert [s for _, s in kept] == [0.57, 0.55, 0.50, 0.40, 0.10]
+
+
+def test_margin_options_excluded_chunks_and_the_number_kept():
+    assert [c for c, _ in shared_negatives(POSITIVES, CANDIDATES, 2)] == ["at-limit", "below-1"]
+    absolute = shared_negatives(POSITIVES, CANDIDATES, 10, relative_margin=None, absolute_margin=0.1)
+    assert [c for c, _ in absolute] == ["same-doc", "below-2", "below-3"]  # at most 0.60 - 0.1
+    both = shared_negatives(POSITIVES, CANDIDATES, 10, relative_margin=0.05, absolute_margin=0.01)
+    assert [c for c, _ in both][0] == "at-limit"  # the stricter of 0.57 and 0.59
+    no_margin = shared_negatives(POSITIVES, CANDIDATES, 10, relative_margin=None)
+    assert [c for c, _ in no_margin][0] == "above-strong-limit"
+    excluded = shared_negatives(POSITIVES, CANDIDATES, 10, excluded={"same-doc"})
+    assert "same-doc" not in {c for c, _ in excluded}
 
 
 def test_margin_rule_drops_candidates_above_095_of_the_weakest_positive_and_masks_all_positives(model):

@@ -29,8 +29,10 @@ def mine_negatives(
     margin-adjusted weakest positive (relative_margin=0.05: above 0.95 × min positive score). With
     `exclude_same_document`, other chunks of a positive's document are never negatives either: they share
     its title and context and often answer the question too (false negatives).
-    Returns one row per (question, positive) with negative chunk ids and scores, best first; a
-    question for which no negative survives gets an empty list (never silently dropped).
+    The miner (sentence-transformers) finds candidates per (question, positive) pair; `shared_negatives`
+    then applies the margin to the question's weakest positive, so all its positives share one list.
+    Returns one row per (question, positive) with the question's negative chunk ids and scores, best
+    first; a question for which no negative survives gets an empty list (never silently dropped).
     """
     pairs = questions.explode("positive_chunk_ids").rename(columns={"positive_chunk_ids": "positive_chunk_id"})
     passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
@@ -46,6 +48,7 @@ def mine_negatives(
         qid: {doc_of[c] for c in positives}
         for qid, positives in zip(questions["question_id"], questions["positive_chunk_ids"], strict=True)
     }
+    chunks_of_doc = chunks.groupby("doc_id")["chunk_id"].agg(set).to_dict()
     # Mine enough extra candidates to still have num_mined after dropping same-document ones.
     extra = int(chunks.groupby("doc_id").size().max()) - 1 if exclude_same_document else 0
 
@@ -71,33 +74,68 @@ def mine_negatives(
         corpus_prompt_name="document" if "document" in model.prompts else None,
         verbose=False,
     )
-    found: dict[tuple[str, str], dict] = {}
+    positive_scores: dict[str, dict[str, float]] = {}  # question -> positive chunk -> its score
+    candidates: dict[str, dict[str, float]] = {}  # question -> candidate chunk -> its score
     for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"], strict=True):
         qid = qid_of_text[anchor]
-        negatives = [(chunk_of_passage[d], float(s)) for d, s in zip(docs[1:], scores[1:], strict=True)]
-        if exclude_same_document:
-            negatives = [(c, s) for c, s in negatives if doc_of[c] not in positive_docs[qid]]
-        negatives = negatives[:num_mined]
-        found[(qid, chunk_of_passage[docs[0]])] = {
-            "positive_score": scores[0],
-            "negative_chunk_ids": [c for c, _ in negatives],
-            "negative_scores": [s for _, s in negatives],
-        }
+        positive_scores.setdefault(qid, {})[chunk_of_passage[docs[0]]] = float(scores[0])
+        candidates.setdefault(qid, {}).update(
+            (chunk_of_passage[d], float(s)) for d, s in zip(docs[1:], scores[1:], strict=True)
+        )
+    positives_of = dict(zip(questions["question_id"], questions["positive_chunk_ids"], strict=True))
+    negatives_of: dict[str, list[tuple[str, float]]] = {}
+    for qid, positives in positives_of.items():
+        scored = positive_scores.get(qid, {})
+        if set(positives) - scored.keys():  # a positive the miner left out: its score (the margin) is unknown
+            negatives_of[qid] = []
+            continue
+        excluded = set().union(*(chunks_of_doc[d] for d in positive_docs[qid])) if exclude_same_document else set()
+        negatives_of[qid] = shared_negatives(
+            scored, candidates[qid], num_mined, relative_margin, absolute_margin, excluded
+        )
     rows = []
     for row in pairs.itertuples(index=False):
-        hit = found.get(
-            (row.question_id, row.positive_chunk_id),
-            {"positive_score": None, "negative_chunk_ids": [], "negative_scores": []},
-        )
+        negatives = negatives_of[row.question_id]
         rows.append(
             {
                 "question_id": row.question_id,
                 "question": row.question,
                 "positive_chunk_id": row.positive_chunk_id,
-                **hit,
+                "positive_score": positive_scores.get(row.question_id, {}).get(row.positive_chunk_id),
+                "negative_chunk_ids": [c for c, _ in negatives],
+                "negative_scores": [s for _, s in negatives],
             }
         )
     return pd.DataFrame(rows)
+
+
+def shared_negatives(
+    positives: dict[str, float],
+    candidates: dict[str, float],
+    num_mined: int,
+    relative_margin: float | None = 0.05,
+    absolute_margin: float | None = None,
+    excluded: set[str] | frozenset[str] = frozenset(),
+) -> list[tuple[str, float]]:
+    """One question's hard negatives, shared by all its positives: (chunk id, score), best first.
+
+    `positives` and `candidates` map chunk ids to the question's similarity with them. A candidate is
+    kept when it is neither a positive nor `excluded` and scores at most (1 - relative_margin) times the
+    weakest positive's score and at most that score minus `absolute_margin` (the recipe: 0.95 x the
+    weakest positive), so a passage nearly as close as a true answer, likely an unlabeled answer itself,
+    is never trained on as a negative.
+    """
+    weakest = min(positives.values())
+    limit = min(
+        weakest * (1 - relative_margin) if relative_margin is not None else float("inf"),
+        weakest - absolute_margin if absolute_margin is not None else float("inf"),
+    )
+    kept = [
+        (chunk, score)
+        for chunk, score in candidates.items()
+        if chunk not in positives and chunk not in excluded and score <= limit
+    ]
+    return sorted(kept, key=lambda item: -item[1])[:num_mined]
 
 
 def unroll_training_rows(mined: pd.DataFrame, chunks: pd.DataFrame, num_negatives: int = 4) -> pd.DataFrame:
