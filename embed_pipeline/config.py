@@ -149,6 +149,17 @@ class TrainingConfig(dg.Config):
 class EvaluationConfig(dg.Config):
     top_k: int = Field(default=100, description="Passages retrieved per query.")
     batch_size: int = Field(default=64, description="Encoding batch size.")
+    gate_metric: str = Field(
+        default="nDCG@10", description="Metric of the blocking gate (any report column, e.g. Recall@10, MRR@10)."
+    )
+    gate_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        description="The gate passes when fine-tuned >= base - tolerance (absolute); else the export is not built.",
+    )
+    gate_query_set: Literal["auto", "real_queries", "synthetic_test"] = Field(
+        default="auto", description="Queries the gate judges on; auto: the real ones when given, else synthetic."
+    )
 
 
 class ExportConfig(dg.Config):

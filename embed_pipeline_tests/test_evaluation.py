@@ -19,7 +19,7 @@ from embed_pipeline.core.evaluation import (
     reciprocal_rank_fusion,
     retrieval_metrics,
 )
-from embed_pipeline.core.report import paired_comparison
+from embed_pipeline.core.report import REAL, SYNTHETIC, gate, gate_summary, paired_comparison
 
 CORPUS = {
     "a.b/c:1": "Solar panels convert sunlight into electricity using photovoltaic cells.",
@@ -288,3 +288,42 @@ def test_paired_comparison_reports_delta_interval_and_test() -> None:
     assert 0 < c["ci95"][0] < 0.125 < c["ci95"][1] and c["wilcoxon_p"] < 0.01
     same = paired_comparison(base, dict(base))
     assert same["delta"] == 0 and same["ci95"] is None and same["wilcoxon_p"] is None and same["ties"] == 40
+
+
+def _report(real: tuple[float, float] | None, synthetic: tuple[float, float]) -> dict:
+    def entry(base: float, tuned: float) -> dict:
+        return {"systems": {"base": {"nDCG@10": base, "MRR@10": 0.5}, "fine-tuned": {"nDCG@10": tuned, "MRR@10": 0.4}}}
+
+    sets = {SYNTHETIC: entry(*synthetic)}
+    if real:
+        sets[REAL] = entry(*real)
+    return {"query_sets": sets}
+
+
+def test_gate_judges_on_real_queries_when_given_within_the_tolerance() -> None:
+    report = _report(real=(0.80, 0.795), synthetic=(0.50, 0.70))
+    verdict = gate(report)
+    assert verdict == {
+        "passed": True,
+        "query_set": REAL,
+        "metric": "nDCG@10",
+        "base": 0.8,
+        "fine-tuned": 0.795,
+        "delta": -0.005,
+        "tolerance": 0.01,
+    }
+    assert not gate(report, tolerance=0.001)["passed"]
+    assert gate(report, query_set=SYNTHETIC)["passed"] and gate(report, query_set=SYNTHETIC)["delta"] == 0.2
+    assert not gate(report, metric="MRR@10", tolerance=0.05)["passed"]
+    assert gate_summary(gate(report, tolerance=0.001)).startswith(
+        "Gate FAILED: fine-tuned nDCG@10 0.7950 vs base 0.8000"
+    )
+
+
+def test_gate_without_real_queries_uses_the_synthetic_ones_and_names_bad_settings() -> None:
+    report = _report(real=None, synthetic=(0.50, 0.45))
+    assert gate(report)["query_set"] == SYNTHETIC and not gate(report)["passed"]
+    with pytest.raises(ValueError, match="real_queries"):
+        gate(report, query_set=REAL)
+    with pytest.raises(ValueError, match="Recall@7"):
+        gate(report, metric="Recall@7")

@@ -1,15 +1,18 @@
 """The whole asset graph, materialized in process with the real offline LLM on a tiny corpus."""
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
 from embed_pipeline.definitions import ALL_ASSETS, build_resources
+from embed_pipeline.defs.assets.evaluation import GATE_CHECK
 from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
 
 N_QUERIES, N_DOCS = 3, 10
@@ -127,5 +130,44 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     assert "## Training (embed_pipeline)" in card and "| base model |" in card
     assert "## Evaluation (embed_pipeline beir_report)" in card and "| fine-tuned |" in card
     checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [("matches_pytorch", True)]
+    assert sorted((c.check_name, c.passed) for c in checks) == [
+        (GATE_CHECK, True),
+        ("matches_pytorch", True),
+    ]
     assert result.output_for_node("onnx_model")["max_abs_difference"] < 1e-4
+
+
+def test_gate_blocks_the_export_of_a_fine_tune_broken_by_shuffled_labels(materialized, tiny_beir, tmp_path):
+    """Questions paired with the wrong passages and a learning rate 100x the recipe's: the report still
+    comes out, its blocking check fails, and no ONNX model is built from the broken checkpoint."""
+    _, artifacts = materialized
+    broken = tmp_path / "artifacts"
+    shutil.copytree(
+        artifacts, broken, ignore=shutil.ignore_patterns("models", "checkpoints", "dagster_home", "onnx_model.json")
+    )
+    rows = pd.read_parquet(broken / "training_set.parquet")
+    rows["positive"] = rows["positive"].sample(frac=1.0, random_state=0).to_numpy()
+    rows["anchor"] = rows["anchor"].iloc[::-1].to_numpy()
+    rows.to_parquet(broken / "training_set.parquet", index=False)
+    pipeline = PipelineResource(
+        docs_path=str(tiny_beir / "corpus.jsonl"), artifacts_dir=str(broken), eval_beir_dir=str(tiny_beir)
+    )
+    config = {"epochs": 3, "num_negatives": 2, "learning_rate": 1e-3, "batch_size": 4}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["finetuned_model", "beir_report", "onnx_model"],
+            resources=build_resources(pipeline, device="cpu"),
+            run_config={"ops": {"finetuned_model": {"config": config}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not result.success
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert built == {"finetuned_model", "beir_report"}
+    [check] = result.get_asset_check_evaluations()
+    assert (check.check_name, check.passed) == (GATE_CHECK, False)
+    verdict = result.output_for_node("beir_report")["gate"]
+    assert verdict["query_set"] == REAL and verdict["metric"] == "nDCG@10"
+    assert verdict["fine-tuned"] < verdict["base"] - verdict["tolerance"]
+    assert not (broken / "onnx_model.json").exists()

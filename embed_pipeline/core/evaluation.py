@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KS",
+    "METRIC_NAMES",
     "Qrels",
     "Results",
     "bm25_search",
@@ -45,6 +46,8 @@ __all__ = [
 logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 KS = (1, 5, 10, 100)
+METRIC_NAMES = [f"{m}@{k}" for m in ("nDCG", "Recall", "MAP", "P") for k in KS] + ["MRR@10"]
+"""Every metric `retrieval_metrics` reports with the default cut-offs."""
 
 Qrels = dict[str, dict[str, int]]
 """query id -> {document id: graded relevance}; relevance > 0 means relevant."""

@@ -133,6 +133,38 @@ def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int
     return result
 
 
+def gate(report: dict, metric: str = "nDCG@10", tolerance: float = 0.01, query_set: str = "auto") -> dict:
+    """The ship/no-ship verdict: the fine-tuned model passes when its `metric` on `query_set` is at least
+    base's minus `tolerance` (absolute). "auto" judges on the real queries when the report has them (the
+    users' own questions outrank synthetic ones), else on the held-out synthetic questions."""
+    sets = report["query_sets"]
+    name = (REAL if REAL in sets else SYNTHETIC) if query_set == "auto" else query_set
+    if name not in sets:
+        raise ValueError(f"gate query set {name!r} is not in the report (it has {sorted(sets)})")
+    systems = sets[name]["systems"]
+    if metric not in systems["base"]:
+        raise ValueError(f"gate metric {metric!r} is not reported; choose one of {sorted(systems['base'])}")
+    base, tuned = systems["base"][metric], systems["fine-tuned"][metric]
+    return {
+        "passed": tuned >= base - tolerance,
+        "query_set": name,
+        "metric": metric,
+        "base": round(base, 4),
+        "fine-tuned": round(tuned, 4),
+        "delta": round(tuned - base, 4),
+        "tolerance": tolerance,
+    }
+
+
+def gate_summary(verdict: dict) -> str:
+    """One line saying whether the model ships and why."""
+    word = "passed" if verdict["passed"] else "FAILED"
+    return (
+        f"Gate {word}: fine-tuned {verdict['metric']} {verdict['fine-tuned']:.4f} vs base {verdict['base']:.4f} "
+        f"({verdict['delta']:+.4f}, tolerance {verdict['tolerance']}) on {verdict['query_set']}"
+    )
+
+
 def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
     """One table per query set, systems as rows, then each system's paired difference from base."""
     parts = []

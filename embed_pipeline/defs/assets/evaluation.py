@@ -6,13 +6,15 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import EvaluationConfig
-from embed_pipeline.core.evaluation import load_beir_queries
+from embed_pipeline.core.evaluation import METRIC_NAMES, load_beir_queries
 from embed_pipeline.core.model_card import append_section
 from embed_pipeline.core.report import (
     HEADLINE_METRICS,
     REAL,
     SYNTHETIC,
     evaluate_systems,
+    gate,
+    gate_summary,
     report_markdown,
     synthetic_test_set,
 )
@@ -20,8 +22,22 @@ from embed_pipeline.defs.io_manager import write_atomically
 from embed_pipeline.defs.plots import metric_bars_markdown
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
+GATE_CHECK = "fine_tuned_not_worse_than_base"
 
-@dg.asset(group_name="evaluation", pool="gpu", kinds={"pytorch"})
+
+@dg.asset(
+    group_name="evaluation",
+    pool="gpu",
+    kinds={"pytorch"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            GATE_CHECK,
+            asset="beir_report",
+            blocking=True,
+            description="Fine-tuned >= base - tolerance on the gate metric; when it fails, no export is built.",
+        )
+    ],
+)
 def beir_report(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
@@ -30,8 +46,13 @@ def beir_report(
     chunked_corpus: pd.DataFrame,
     qa_splits: pd.DataFrame,
     finetuned_model: dict,
-) -> dict:
-    """nDCG, Recall, MAP, Precision @1/5/10/100 and MRR@10 for every system on every query set."""
+):
+    """nDCG, Recall, MAP, Precision @1/5/10/100 and MRR@10 for every system on every query set, and the
+    blocking gate: a fine-tuned model worse than base is reported but never exported."""
+    if config.gate_metric not in METRIC_NAMES:
+        raise ValueError(
+            f"beir_report.gate_metric {config.gate_metric!r} is not a reported metric: use one of {METRIC_NAMES}"
+        )
     queries, qrels = synthetic_test_set(qa_splits)
     query_sets = {SYNTHETIC: (queries, qrels, False)}
     if pipeline.eval_beir_dir:
@@ -54,9 +75,11 @@ def beir_report(
         query_prompt=pipeline.query_prompt,
         passage_prompt=pipeline.passage_prompt,
     )
+    verdict = gate(report, config.gate_metric, config.gate_tolerance, config.gate_query_set)
+    report["gate"] = verdict
     report["model_path"] = finetuned_model["path"]
     report["eval_beir_dir"] = pipeline.eval_beir_dir
-    table = report_markdown(report)
+    table = report_markdown(report) + "\n\n" + gate_summary(verdict)
     stem = pipeline.artifacts("reports", f"report-{context.run_id[:8]}")
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
@@ -69,17 +92,23 @@ def beir_report(
         for system in entry["systems"]
         for metric in ("nDCG@10", "Recall@10")
     }
-    context.add_output_metadata(
-        {
-            "table": dg.MetadataValue.md(table),
-            "plot": dg.MetadataValue.md(
-                "\n\n".join(
-                    metric_bars_markdown(entry["systems"], HEADLINE_METRICS, name)
-                    for name, entry in report["query_sets"].items()
-                )
-            ),
-            **headline,
-            "report_json": dg.MetadataValue.path(str(json_path)),
-        }
+    metadata = {
+        "table": dg.MetadataValue.md(table),
+        "plot": dg.MetadataValue.md(
+            "\n\n".join(
+                metric_bars_markdown(entry["systems"], HEADLINE_METRICS, name)
+                for name, entry in report["query_sets"].items()
+            )
+        ),
+        **headline,
+        "report_json": dg.MetadataValue.path(str(json_path)),
+        "gate_passed": verdict["passed"],
+    }
+    yield dg.Output(report, metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=verdict["passed"],
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=gate_summary(verdict),
+        metadata={k: v for k, v in verdict.items() if k != "passed"},
     )
-    return report

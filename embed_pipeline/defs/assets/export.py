@@ -16,6 +16,7 @@ PARITY_CHECK = "matches_pytorch"
     group_name="export",
     pool="gpu",
     kinds={"onnx"},
+    deps=["beir_report"],  # built only after the report's blocking gate passed
     check_specs=[
         dg.AssetCheckSpec(
             PARITY_CHECK, asset="onnx_model", description="ONNX embeddings equal PyTorch's within the tolerance."
