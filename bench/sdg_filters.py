@@ -27,6 +27,7 @@ from scifact_subset import build_subset, run_pipeline, seed_llm_cache  # bench/ 
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch its price list
 
 
 def generate(args: argparse.Namespace, data: Path, work: Path) -> dict:
@@ -153,13 +154,17 @@ def markdown(meta: dict) -> str:
     """The results table: nDCG@10 on the real test claims, and base → fine-tuned on each variant's own
     synthetic test split (the splits differ between variants, so compare those only within a row)."""
     gen = meta["generation"]
+    speed = (
+        f"{gen['calls_made']} LLM calls in {gen['wall_s']} s = **{gen['questions_per_s']} questions/s**"
+        if gen["calls_made"]
+        else f"all answers from the given cache ({meta['llm_answers_seeded']} seeded), so no speed measured"
+    )
     lines = [
         f"`{meta['command']}` on {meta['machine']}, {meta['date']}; max_chunks={meta['max_chunks']}, "
         f"epochs={meta['epochs']}.",
         "",
         f"Generation ({gen['generator']}, {gen['runtime']}): {gen['generations']} prompts over {gen['chunks']} chunks "
-        f"of {gen['documents']} abstracts, {gen['calls_made']} LLM calls in {gen['wall_s']} s = "
-        f"**{gen['questions_per_s']} questions/s**; {gen['accepted']} parsed questions, mean complexity "
+        f"of {gen['documents']} abstracts, {speed}; {gen['accepted']} parsed questions, mean complexity "
         f"{gen['mean_complexity']}, types {gen['reasoning_types']}, rejected {gen['rejection_reasons']}.",
         "",
         "| variant | questions | train rows | steps | wall s | BM25 | base | fine-tuned "
