@@ -189,6 +189,49 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Score models on a BEIR folder exactly as `beir_report` scores the real queries: documents chunked
+    with the pipeline's defaults, each document ranked by its best chunk, BM25 and the hybrid beside."""
+    from transformers import AutoTokenizer
+
+    from embed_pipeline.config import ChunkingConfig
+    from embed_pipeline.core.chunking import chunk_documents
+    from embed_pipeline.core.device import base_model_path, resolve_device
+    from embed_pipeline.core.documents import load_documents
+    from embed_pipeline.core.evaluation import load_beir_queries
+    from embed_pipeline.core.report import REAL, evaluate_systems, report_markdown
+
+    corpus = Path(args.beir, "corpus.jsonl")
+    try:
+        if not corpus.is_file():
+            raise ValueError(f"--beir {args.beir} has no corpus.jsonl")
+        queries, qrels = load_beir_queries(args.beir, args.split)
+        documents = load_documents(corpus).documents
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path(None))
+        chunks = chunk_documents(documents, tokenizer, **ChunkingConfig().model_dump())
+        report = evaluate_systems(
+            chunks,
+            {REAL: (queries, qrels, True)},
+            {model: model for model in args.model},
+            device=resolve_device(args.device),
+            batch_size=args.batch_size,
+            query_prompt=args.query_prompt,
+            passage_prompt=args.passage_prompt,
+            api_key_env=args.api_key_env,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report["beir"], report["split"] = str(Path(args.beir).resolve()), args.split
+    print("\n" + report_markdown(report) + "\n")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"report JSON: {args.out}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from embed_pipeline.defs.resources import SAMPLE_CORPUS
 
@@ -207,9 +250,29 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--api-key-env", help="Require this environment variable's value as bearer token.")
     server.add_argument("--max-batch", type=int, default=256, help="Most inputs per request.")
+    scorer = commands.add_parser(
+        "eval", help="Score models (id or folder, ONNX export, or /v1/embeddings URL) on a BEIR folder."
+    )
+    scorer.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="Hugging Face id or folder, ONNX export folder, or OpenAI-compatible server URL; repeat to compare.",
+    )
+    scorer.add_argument("--beir", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv.")
+    scorer.add_argument("--split", default="test", help="Which qrels file to score (default: test).")
+    scorer.add_argument("--query-prompt", help='Text prepended to queries, e.g. "query: " for E5 models.')
+    scorer.add_argument("--passage-prompt", help='Text prepended to passages, e.g. "passage: " for E5 models.')
+    scorer.add_argument("--api-key-env", help="Environment variable holding the endpoint's bearer token.")
+    scorer.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
+    scorer.add_argument("--batch-size", type=int, default=64, help="Texts per encode call (or per request).")
+    scorer.add_argument("--out", help="Also write the report JSON to this file.")
+    scorer.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "eval":
+        return evaluate(args)
     if args.command == "demo":
         args.docs, args.eval_beir = str(SAMPLE_CORPUS / "corpus.jsonl"), str(SAMPLE_CORPUS)
         if args.max_chunks is None and not args.config:

@@ -1,6 +1,7 @@
 """The real server on a loopback port, called with the official openai client."""
 
 import base64
+import json
 import socket
 import threading
 import time
@@ -12,8 +13,11 @@ import pytest
 import uvicorn
 from sentence_transformers import SentenceTransformer
 
+from embed_pipeline.cli import main
 from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.export import export_onnx
+from embed_pipeline.core.report import REAL
+from embed_pipeline.defs.resources import SAMPLE_CORPUS
 from embed_pipeline.serving.app import create_app
 
 TEXTS = ["How do statins lower cholesterol?", "Statins inhibit HMG-CoA reductase in the liver. " * 5]
@@ -85,3 +89,45 @@ def test_bad_json_and_wrong_token_are_rejected(server):
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{server}/v1/models").status_code == 401
     assert httpx.get(f"{server}/v1/health/ready").json()["dimensions"] == [128, 384]
+
+
+@pytest.fixture(scope="module")
+def small_beir(tmp_path_factory):
+    """40 sample abstracts and the real claims judged only against them."""
+    root = tmp_path_factory.mktemp("small_beir")
+    docs = (SAMPLE_CORPUS / "corpus.jsonl").read_text().splitlines()[:40]
+    ids = {json.loads(line)["_id"] for line in docs}
+    (root / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    rows = [r.split("\t") for r in (SAMPLE_CORPUS / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    kept = [r for r in rows if r[1] in ids]
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept)
+    )
+    (root / "queries.jsonl").write_text((SAMPLE_CORPUS / "queries.jsonl").read_text())
+    return root
+
+
+def _eval(capsys, *flags: str) -> dict:
+    assert main(["eval", *flags, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_scores_a_served_model_like_the_checkpoint_it_serves(server, small_beir, capsys, monkeypatch):
+    monkeypatch.setenv("EVAL_TOKEN", TOKEN)
+    served = _eval(
+        capsys, "--model", server, "--api-key-env", "EVAL_TOKEN", "--batch-size", "4", "--beir", str(small_beir)
+    )
+    local = _eval(capsys, "--model", base_model_path(None), "--beir", str(small_beir), "--device", "cpu")
+    served_set, local_set = served["query_sets"][REAL], local["query_sets"][REAL]
+    assert served_set["n_queries"] == local_set["n_queries"] > 5
+    served_ndcg = served_set["systems"][server]["nDCG@10"]
+    assert abs(served_ndcg - local_set["systems"][base_model_path(None)]["nDCG@10"]) < 0.01
+    assert served_ndcg > served_set["systems"]["BM25"]["nDCG@10"] - 0.2  # a real ranking, not noise
+
+
+def test_eval_names_an_unreachable_server_and_a_missing_corpus(small_beir, tmp_path, capsys):
+    assert main(["eval", "--model", "http://127.0.0.1:9", "--beir", str(small_beir)]) == 2
+    assert "127.0.0.1:9/v1" in capsys.readouterr().err
+    assert main(["eval", "--model", base_model_path(None), "--beir", str(tmp_path)]) == 2
+    assert "has no corpus.jsonl" in capsys.readouterr().err

@@ -47,15 +47,16 @@ def evaluate_systems(
     batch_size: int = 64,
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
+    api_key_env: str | None = None,
 ) -> dict:
     """Score BM25 and each model on each query set.
 
     `query_sets` maps a name to (queries, qrels, qrels_on_documents); document-level qrels are scored by
-    each document's best chunk. `models` maps a system name to a model id or folder, each loaded with
-    the given prompts (when set).
+    each document's best chunk. `models` maps a system name to a model id or folder, an ONNX export or an
+    endpoint URL (see `load_encoder`), each used with the given prompts (when set).
     Returns {"query_sets": {name: {"n_queries", "systems": {system: metrics}}}, "timings_s": {...}}.
     """
-    from embed_pipeline.core.device import load_bi_encoder
+    from embed_pipeline.core.encoders import load_encoder
 
     ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
     chunk_to_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
@@ -87,7 +88,7 @@ def evaluate_systems(
 
     score("BM25", lambda queries: bm25_search(ids, passages, queries, top_k=top_k))
     for system, path in models.items():
-        model = load_bi_encoder(path, device, query_prompt, passage_prompt)
+        model = load_encoder(path, device, query_prompt, passage_prompt, api_key_env)
         score(
             system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
         )

@@ -1,0 +1,89 @@
+"""Any embedding model behind the one interface evaluation uses (`encode_query` / `encode_document`):
+a sentence-transformers model (Hugging Face id or folder), an ONNX export folder, or a running
+OpenAI-compatible `/v1/embeddings` endpoint, so a served model is scored exactly like its checkpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ENDPOINT_BATCH = 64
+
+
+class PromptedEncoder:
+    """Wraps a plain `encode(texts, batch_size) -> vectors` with the query and passage prompts, and returns
+    unit-length float32 rows like `SentenceTransformer.encode_query` / `encode_document` do."""
+
+    def __init__(
+        self, encode: Callable[[list[str], int], np.ndarray], query_prompt: str = "", passage_prompt: str = ""
+    ):
+        self._encode = encode
+        self.query_prompt, self.passage_prompt = query_prompt, passage_prompt
+
+    def _unit(self, texts: list[str], batch_size: int) -> np.ndarray:
+        vectors = np.asarray(self._encode(texts, batch_size), dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def encode_query(self, texts: list[str], batch_size: int = 64, **_) -> np.ndarray:
+        return self._unit([self.query_prompt + t for t in texts], batch_size)
+
+    def encode_document(self, texts: list[str], batch_size: int = 64, **_) -> np.ndarray:
+        return self._unit([self.passage_prompt + t for t in texts], batch_size)
+
+
+def endpoint_encode(url: str, api_key_env: str | None = None, model: str | None = None):
+    """`encode(texts, batch_size)` against an OpenAI-compatible server (`url` is its base URL, with or
+    without `/v1`); the model defaults to the first one the server lists. Errors name the URL."""
+    import openai
+
+    base_url = url.rstrip("/") if url.rstrip("/").endswith("/v1") else url.rstrip("/") + "/v1"
+    api_key = "none"
+    if api_key_env:
+        api_key = os.environ.get(api_key_env) or ""
+        if not api_key:
+            raise ValueError(f"--api-key-env names {api_key_env!r}, which is not set")
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=3)
+    try:
+        model = model or client.models.list().data[0].id
+    except openai.OpenAIError as exc:
+        raise ValueError(f"cannot list the models of {base_url}: {exc}") from exc
+
+    def encode(texts: list[str], batch_size: int) -> np.ndarray:
+        rows = []
+        for start in range(0, len(texts), min(batch_size, ENDPOINT_BATCH)):
+            batch = texts[start : start + min(batch_size, ENDPOINT_BATCH)]
+            try:
+                response = client.embeddings.create(model=model, input=batch, encoding_format="float")
+            except openai.OpenAIError as exc:
+                raise ValueError(
+                    f"{base_url}/embeddings failed on inputs {start}..{start + len(batch) - 1}: {exc}"
+                ) from exc
+            rows.extend(d.embedding for d in sorted(response.data, key=lambda d: d.index))
+        return np.array(rows, dtype=np.float32).reshape(len(texts), -1)
+
+    return encode
+
+
+def load_encoder(
+    model: str,
+    device: str = "cpu",
+    query_prompt: str | None = None,
+    passage_prompt: str | None = None,
+    api_key_env: str | None = None,
+):
+    """The encoder for `model`: an http(s) URL is an OpenAI-compatible endpoint, a folder holding
+    `export.json` an ONNX export, anything else a sentence-transformers model id or folder (its own
+    prompts unless given)."""
+    from embed_pipeline.core.device import load_bi_encoder
+    from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder
+
+    prompts = (query_prompt or "", passage_prompt or "")
+    if model.startswith(("http://", "https://")):
+        return PromptedEncoder(endpoint_encode(model, api_key_env), *prompts)
+    if Path(model, EXPORT_INFO).is_file():
+        onnx = OnnxEncoder(model)
+        return PromptedEncoder(lambda texts, batch_size: onnx.encode(texts, batch_size), *prompts)
+    return load_bi_encoder(model, device, query_prompt, passage_prompt)
