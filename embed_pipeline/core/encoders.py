@@ -73,17 +73,24 @@ def load_encoder(
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     api_key_env: str | None = None,
+    truncate_dim: int | None = None,
 ):
     """The encoder for `model`: an http(s) URL is an OpenAI-compatible endpoint, a folder holding
     `export.json` an ONNX export, anything else a sentence-transformers model id or folder (its own
-    prompts unless given)."""
+    prompts unless given). `truncate_dim` keeps the first that many dimensions (Matryoshka), re-normalised."""
     from embed_pipeline.core.device import load_bi_encoder
     from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder
 
     prompts = (query_prompt or "", passage_prompt or "")
     if model.startswith(("http://", "https://")):
-        return PromptedEncoder(endpoint_encode(model, api_key_env), *prompts)
-    if Path(model, EXPORT_INFO).is_file():
+        encode = endpoint_encode(model, api_key_env)
+    elif Path(model, EXPORT_INFO).is_file():
         onnx = OnnxEncoder(model)
-        return PromptedEncoder(lambda texts, batch_size: onnx.encode(texts, batch_size), *prompts)
-    return load_bi_encoder(model, device, query_prompt, passage_prompt)
+
+        def encode(texts: list[str], batch_size: int) -> np.ndarray:
+            return onnx.encode(texts, batch_size)
+    else:
+        return load_bi_encoder(model, device, query_prompt, passage_prompt, truncate_dim=truncate_dim)
+    if truncate_dim is None:
+        return PromptedEncoder(encode, *prompts)
+    return PromptedEncoder(lambda texts, batch_size: encode(texts, batch_size)[:, :truncate_dim], *prompts)

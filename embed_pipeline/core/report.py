@@ -48,12 +48,15 @@ def evaluate_systems(
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     api_key_env: str | None = None,
+    truncate_dims: dict[str, int] | None = None,
 ) -> dict:
     """Score BM25 and each model on each query set.
 
     `query_sets` maps a name to (queries, qrels, qrels_on_documents); document-level qrels are scored by
     each document's best chunk. `models` maps a system name to a model id or folder, an ONNX export or an
-    endpoint URL (see `load_encoder`), each used with the given prompts (when set).
+    endpoint URL (see `load_encoder`), each used with the given prompts (when set); `truncate_dims` maps a
+    system to the Matryoshka size its embeddings are cut to. The hybrid row fuses BM25 with the first
+    model that is not "base".
     Returns {"query_sets": {name: {"n_queries", "systems": {system: metrics}}}, "timings_s": {...}}.
     """
     from embed_pipeline.core.encoders import load_encoder
@@ -88,15 +91,15 @@ def evaluate_systems(
 
     score("BM25", lambda queries: bm25_search(ids, passages, queries, top_k=top_k))
     for system, path in models.items():
-        model = load_encoder(path, device, query_prompt, passage_prompt, api_key_env)
+        model = load_encoder(path, device, query_prompt, passage_prompt, api_key_env, (truncate_dims or {}).get(system))
         score(
             system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
         )
         del model
     tuned = [s for s in models if s != "base"]
     if tuned:
-        hybrid = f"hybrid (RRF: BM25 + {tuned[-1]})"
-        score(hybrid, lambda _: reciprocal_rank_fusion([runs["BM25"], runs[tuned[-1]]], top_k=top_k))
+        hybrid = f"hybrid (RRF: BM25 + {tuned[0]})"
+        score(hybrid, lambda _: reciprocal_rank_fusion([runs["BM25"], runs[tuned[0]]], top_k=top_k))
     if "base" in models:
         for name, systems in per_query.items():
             report["query_sets"][name]["vs_base"] = {

@@ -226,6 +226,7 @@ def finetune(
         "epochs": epochs,
         "learning_rate": learning_rate,
         "temperature": temperature,
+        "dimension": dimension,
         "matryoshka_dims": sorted(set(matryoshka_dims), reverse=True) if matryoshka_dims else None,
         "steps": int(result.global_step),
         "resumed_from_step": resumed_from,

@@ -65,10 +65,17 @@ def beir_report(
                 "they count as relevant but unretrievable."
             )
         query_sets[REAL] = (real_queries, real_qrels, True)
+    # Each trained Matryoshka size below the full one gets its own row.
+    matryoshka = [d for d in finetuned_model.get("matryoshka_dims") or [] if d < finetuned_model["dimension"]]
     report = evaluate_systems(
         chunked_corpus,
         query_sets,
-        models={"base": pipeline.base_model_path(), "fine-tuned": finetuned_model["path"]},
+        models={
+            "base": pipeline.base_model_path(),
+            "fine-tuned": finetuned_model["path"],
+            **{f"fine-tuned @{d}": finetuned_model["path"] for d in matryoshka},
+        },
+        truncate_dims={f"fine-tuned @{d}": d for d in matryoshka},
         device=compute.torch_device(),
         top_k=config.top_k,
         batch_size=config.batch_size,
