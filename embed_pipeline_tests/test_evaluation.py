@@ -21,7 +21,15 @@ from embed_pipeline.core.evaluation import (
     reciprocal_rank_fusion,
     retrieval_metrics,
 )
-from embed_pipeline.core.report import REAL, SYNTHETIC, evaluate_systems, gate, gate_summary, paired_comparison
+from embed_pipeline.core.report import (
+    REAL,
+    SYNTHETIC,
+    evaluate_systems,
+    gate,
+    gate_summary,
+    largest_losses,
+    paired_comparison,
+)
 
 CORPUS = {
     "a.b/c:1": "Solar panels convert sunlight into electricity using photovoltaic cells.",
@@ -346,5 +354,20 @@ def test_report_scores_each_matryoshka_size_as_its_own_row_and_fuses_the_first_m
     assert list(systems) == ["BM25", "base", "fine-tuned", "fine-tuned @16", "hybrid (RRF: BM25 + fine-tuned)"]
     assert systems["fine-tuned"] == systems["base"]
     assert set(report["query_sets"][REAL]["vs_base"]) == set(systems) - {"base"}
+    assert report["query_sets"][REAL]["largest_losses"] == []  # "fine-tuned" is base itself: nothing lost
     truncated = load_encoder(path, truncate_dim=16).encode_query(["hello world"], normalize_embeddings=True)
     assert truncated.shape == (1, 16)
+
+
+def test_largest_losses_lists_the_queries_fine_tuning_hurt_most_with_both_top_hits() -> None:
+    queries = {"q1": "solar?", "q2": "violin?", "q3": "python?"}
+    qrels = {"q1": {"a.b/c:1": 1}, "q2": {"d:5": 1}, "q3": {"doc.4": 1}}
+    base = {"q1": {"a.b/c:1": 0.9, "doc-2": 0.1}, "q2": {"d:5": 0.9, "doc 3": 0.2}, "q3": {"doc-2": 0.9, "doc.4": 0.8}}
+    tuned = {"q1": {"doc-2": 0.9, "a.b/c:1": 0.1}, "q2": {"doc 3": 0.9, "doc-2": 0.5}, "q3": {"doc.4": 0.9}}
+    losses = largest_losses(queries, qrels, base, tuned, CORPUS, n=5, shown=2)
+    assert [loss["query_id"] for loss in losses] == ["q2", "q1"]  # q2 lost everything, q1 half; q3 gained
+    q2 = losses[0]
+    assert (q2["base_ndcg@10"], q2["fine_tuned_ndcg@10"], q2["relevant"]) == (1.0, 0.0, ["d:5"])
+    assert [(h["id"], h["relevant"]) for h in q2["fine_tuned_top"]] == [("doc 3", False), ("doc-2", False)]
+    assert q2["base_top"][0] == {"id": "d:5", "relevant": True, "text": CORPUS["d:5"]}
+    assert len(largest_losses(queries, qrels, base, tuned, CORPUS, n=1)) == 1

@@ -113,6 +113,7 @@ def test_report_has_every_metric_for_every_system_on_both_query_sets(materialize
         assert set(entry["systems"]) == {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
         assert set(entry["vs_base"]) == {"BM25", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
         assert set(entry["vs_base"]["fine-tuned"]) >= {"delta", "ci95", "wilcoxon_p", "wins", "losses", "ties"}
+        assert all(loss["fine_tuned_ndcg@10"] < loss["base_ndcg@10"] for loss in entry["largest_losses"])
         for metrics in entry["systems"].values():
             assert set(metrics) == expected
             assert all(0.0 <= v <= 1.0 for v in metrics.values())

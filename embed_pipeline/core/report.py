@@ -75,6 +75,7 @@ def evaluate_systems(
 
     runs: dict[str, Results] = {}  # chunk-level results of each system, merged query keys
     per_query: dict[str, dict[str, dict[str, float]]] = {}  # query set -> system -> query -> nDCG@10
+    ranked: dict[str, dict[str, Results]] = {}  # query set -> system -> its scored ranking
 
     def score(system: str, search) -> None:
         started = time.perf_counter()
@@ -86,6 +87,7 @@ def evaluate_systems(
             entry = report["query_sets"].setdefault(name, {"n_queries": len(qrels), "systems": {}})
             entry["systems"][system] = retrieval_metrics(qrels, own)
             per_query.setdefault(name, {})[system] = per_query_ndcg(qrels, own)
+            ranked.setdefault(name, {})[system] = own
         report["timings_s"][system] = round(time.perf_counter() - started, 1)
         log.info("%s scored in %.1f s", system, report["timings_s"][system])
 
@@ -101,11 +103,49 @@ def evaluate_systems(
         hybrid = f"hybrid (RRF: BM25 + {tuned[0]})"
         score(hybrid, lambda _: reciprocal_rank_fusion([runs["BM25"], runs[tuned[0]]], top_k=top_k))
     if "base" in models:
+        text_of = {**dict(zip(ids, passages, strict=True)), **chunks.groupby("doc_id")["passage"].first().to_dict()}
         for name, systems in per_query.items():
             report["query_sets"][name]["vs_base"] = {
                 system: paired_comparison(systems["base"], systems[system]) for system in systems if system != "base"
             }
+            if tuned:
+                queries, qrels, _ = query_sets[name]
+                report["query_sets"][name]["largest_losses"] = largest_losses(
+                    queries, qrels, ranked[name]["base"], ranked[name][tuned[0]], text_of
+                )
     return report
+
+
+def largest_losses(
+    queries: dict[str, str],
+    qrels: Qrels,
+    base: Results,
+    tuned: Results,
+    text_of: dict[str, str],
+    n: int = 5,
+    shown: int = 3,
+) -> list[dict]:
+    """Failure analysis: the `n` queries whose nDCG@10 dropped most from base to the fine-tuned model,
+    each with the relevant ids and both models' top `shown` hits (id, relevant or not, start of its text)."""
+    base_ndcg, tuned_ndcg = per_query_ndcg(qrels, base), per_query_ndcg(qrels, tuned)
+    lost = sorted((q for q in qrels if tuned_ndcg[q] < base_ndcg[q]), key=lambda q: tuned_ndcg[q] - base_ndcg[q])
+
+    def top(run: Results, q: str) -> list[dict]:
+        hits = sorted(run.get(q, {}).items(), key=lambda item: -item[1])[:shown]
+        return [{"id": d, "relevant": qrels[q].get(d, 0) > 0, "text": text_of.get(d, "")[:200]} for d, _ in hits]
+
+    return [
+        {
+            "query_id": q,
+            "query": queries[q],
+            "base_ndcg@10": round(base_ndcg[q], 4),
+            "fine_tuned_ndcg@10": round(tuned_ndcg[q], 4),
+            "relevant": sorted(d for d, grade in qrels[q].items() if grade > 0),
+            "base_top": top(base, q),
+            "fine_tuned_top": top(tuned, q),
+        }
+        for q in lost[:n]
+    ]
 
 
 def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int = 42) -> dict:
@@ -182,4 +222,15 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
                 f"- {system} − base, nDCG@10: {c['delta']:+.4f}{relative}, {ci}, {p}; "
                 f"queries better/worse/tied: {c['wins']}/{c['losses']}/{c['ties']}"
             )
+        if entry.get("largest_losses"):
+            parts.append(f"Largest losses against base ({name}):")
+            parts.append("\n".join(_loss_line(loss) for loss in entry["largest_losses"]))
     return "\n\n".join(parts)
+
+
+def _loss_line(loss: dict) -> str:
+    hits = "; ".join(f"{'✓' if h['relevant'] else '✗'} {h['id']}: {h['text'][:80]}…" for h in loss["fine_tuned_top"])
+    return (
+        f"- {loss['query']!r} nDCG@10 {loss['base_ndcg@10']:.2f} → {loss['fine_tuned_ndcg@10']:.2f}; "
+        f"relevant {', '.join(loss['relevant'])}; fine-tuned top: {hits}"
+    )
