@@ -134,12 +134,14 @@ def run_pipeline(args: argparse.Namespace) -> int:
     report = result.output_for_node("beir_report")
     print("\n" + report_markdown(report) + "\n")
     print(gate_summary(report["gate"]))
-    print(f"report JSON:     {report['report_json']}")
+    if "regression" in report:
+        print(gate_summary(report["regression"]["gate"]))
+    print(f"report JSON:     {report['report_json']}  (HTML: {report['report_html']})")
     print(f"fine-tuned model: {report['model_path']}")
     if gate_failed:
         print(
-            "ONNX model:      not built: the gate blocks exporting a model worse than its base. Inspect the report; "
-            "to ship it anyway, raise beir_report.gate_tolerance.",
+            "ONNX model:      not built: a failed gate blocks the export (above). Inspect the report; to ship it "
+            "anyway, raise beir_report.gate_tolerance or regression_tolerance.",
         )
     else:
         onnx = result.output_for_node("onnx_model")
@@ -195,24 +197,16 @@ def evaluate(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from embed_pipeline.config import ChunkingConfig
-    from embed_pipeline.core.chunking import chunk_documents
     from embed_pipeline.core.device import base_model_path, resolve_device
-    from embed_pipeline.core.documents import load_documents
-    from embed_pipeline.core.evaluation import load_beir_queries
-    from embed_pipeline.core.report import REAL, evaluate_systems, report_markdown
+    from embed_pipeline.core.report import evaluate_on_beir, report_markdown
 
-    corpus = Path(args.beir, "corpus.jsonl")
     try:
-        if not corpus.is_file():
-            raise ValueError(f"--beir {args.beir} has no corpus.jsonl")
-        queries, qrels = load_beir_queries(args.beir, args.split)
-        documents = load_documents(corpus).documents
-        tokenizer = AutoTokenizer.from_pretrained(base_model_path(None))
-        chunks = chunk_documents(documents, tokenizer, **ChunkingConfig().model_dump())
-        report = evaluate_systems(
-            chunks,
-            {REAL: (queries, qrels, True)},
+        report = evaluate_on_beir(
+            args.beir,
             {model: model for model in args.model},
+            AutoTokenizer.from_pretrained(base_model_path(None)),
+            ChunkingConfig().model_dump(),
+            args.split,
             device=resolve_device(args.device),
             batch_size=args.batch_size,
             query_prompt=args.query_prompt,
@@ -222,11 +216,15 @@ def evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report["beir"], report["split"] = str(Path(args.beir).resolve()), args.split
     print("\n" + report_markdown(report) + "\n")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(f"report JSON: {args.out}")
+    if args.html:
+        from embed_pipeline.core.html_report import report_html
+
+        Path(args.html).write_text(report_html(report, f"embed-pipeline eval on {args.beir}"), encoding="utf-8")
+        print(f"report HTML: {args.html}")
     if args.json:
         print(json.dumps(report))
     return 0
@@ -267,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
     scorer.add_argument("--batch-size", type=int, default=64, help="Texts per encode call (or per request).")
     scorer.add_argument("--out", help="Also write the report JSON to this file.")
+    scorer.add_argument("--html", help="Also write the report as a self-contained HTML page to this file.")
     scorer.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -160,6 +160,14 @@ class EvaluationConfig(dg.Config):
     gate_query_set: Literal["auto", "real_queries", "synthetic_test"] = Field(
         default="auto", description="Queries the gate judges on; auto: the real ones when given, else synthetic."
     )
+    regression_beir: str | None = Field(
+        default="bundled",
+        description="Out-of-domain BEIR folder the fine-tuned model must not get worse on (second blocking gate): "
+        "bundled (120 general-knowledge passages, 60 queries, shipped with the package), a folder, or empty: off.",
+    )
+    regression_tolerance: float = Field(
+        default=0.02, ge=0, description="The regression gate passes when fine-tuned >= base - this on gate_metric."
+    )
 
 
 class ExportConfig(dg.Config):

@@ -21,6 +21,7 @@ from embed_pipeline.core.evaluation import (
     reciprocal_rank_fusion,
     retrieval_metrics,
 )
+from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.report import (
     REAL,
     SYNTHETIC,
@@ -357,6 +358,24 @@ def test_report_scores_each_matryoshka_size_as_its_own_row_and_fuses_the_first_m
     assert report["query_sets"][REAL]["largest_losses"] == []  # "fine-tuned" is base itself: nothing lost
     truncated = load_encoder(path, truncate_dim=16).encode_query(["hello world"], normalize_embeddings=True)
     assert truncated.shape == (1, 16)
+
+    report["gate"] = gate(report)
+    report["query_sets"][REAL]["largest_losses"] = [
+        {
+            "query_id": "q1",
+            "query": "solar <script>alert(1)</script>?",
+            "base_ndcg@10": 1.0,
+            "fine_tuned_ndcg@10": 0.5,
+            "relevant": ["a.b/c:1"],
+            "base_top": [],
+            "fine_tuned_top": [{"id": "doc-2", "relevant": False, "text": CORPUS["doc-2"]}],
+        }
+    ]
+    html = report_html(report, full_dimension=384)
+    assert html.startswith("<!DOCTYPE html>") and html.count("<table>") == 1
+    assert html.count("src='data:image/png;base64,") == 3  # metric bars, per-k curves, Matryoshka curve
+    assert "Matryoshka" in html and "Gate passed" in html and "Largest losses" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
 
 
 def test_largest_losses_lists_the_queries_fine_tuning_hurt_most_with_both_top_hits() -> None:

@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformer
 from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
 from embed_pipeline.definitions import ALL_ASSETS, build_resources
-from embed_pipeline.defs.assets.evaluation import GATE_CHECK
+from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
 from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
 
 N_QUERIES, N_DOCS = 3, 10
@@ -117,6 +117,10 @@ def test_report_has_every_metric_for_every_system_on_both_query_sets(materialize
         for metrics in entry["systems"].values():
             assert set(metrics) == expected
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    regression = report["regression"]
+    assert regression["n_queries"] == 60 and regression["collection"].endswith("general_ood")
+    assert set(regression["systems"]) == {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
+    assert regression["gate"]["passed"] and regression["gate"]["tolerance"] == 0.02
     saved = json.loads(Path(report["report_json"]).read_text())
     assert saved["query_sets"] == report["query_sets"]
 
@@ -134,6 +138,7 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     assert sorted((c.check_name, c.passed) for c in checks) == [
         (GATE_CHECK, True),
         ("matches_pytorch", True),
+        (REGRESSION_CHECK, True),
     ]
     assert result.output_for_node("onnx_model")["max_abs_difference"] < 1e-4
 
@@ -166,8 +171,8 @@ def test_gate_blocks_the_export_of_a_fine_tune_broken_by_shuffled_labels(materia
     assert not result.success
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert built == {"finetuned_model", "beir_report"}
-    [check] = result.get_asset_check_evaluations()
-    assert (check.check_name, check.passed) == (GATE_CHECK, False)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks[GATE_CHECK] is False and REGRESSION_CHECK in checks
     verdict = result.output_for_node("beir_report")["gate"]
     assert verdict["query_set"] == REAL and verdict["metric"] == "nDCG@10"
     assert verdict["fine-tuned"] < verdict["base"] - verdict["tolerance"]

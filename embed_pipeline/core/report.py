@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -14,6 +15,7 @@ from embed_pipeline.core.evaluation import (
     bm25_search,
     collapse_to_documents,
     dense_search,
+    load_beir_queries,
     markdown_table,
     per_query_ndcg,
     reciprocal_rank_fusion,
@@ -148,6 +150,25 @@ def largest_losses(
     ]
 
 
+def evaluate_on_beir(
+    beir_dir: str | Path, models: dict[str, str], tokenizer, chunking: dict, split: str = "test", **options
+):
+    """Score `models` on a BEIR folder the way real queries are scored in the pipeline: its documents
+    chunked (`chunk_documents` with `tokenizer` and the `chunking` settings), each document ranked by its
+    best chunk, BM25 and the hybrid beside. `options` go to `evaluate_systems`. Errors name the folder."""
+    from embed_pipeline.core.chunking import chunk_documents
+    from embed_pipeline.core.documents import load_documents
+
+    corpus = Path(beir_dir, "corpus.jsonl")
+    if not corpus.is_file():
+        raise ValueError(f"BEIR folder {beir_dir} has no corpus.jsonl")
+    queries, qrels = load_beir_queries(beir_dir, split)
+    chunks = chunk_documents(load_documents(corpus).documents, tokenizer, **chunking)
+    report = evaluate_systems(chunks, {REAL: (queries, qrels, True)}, models, **options)
+    report["beir"], report["split"] = str(Path(beir_dir).resolve()), split
+    return report
+
+
 def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int = 42) -> dict:
     """Per-query nDCG@10 of a system against base: mean difference, relative change, a 95% bootstrap
     confidence interval of the difference (10,000 resamples of the queries), the Wilcoxon signed-rank
@@ -226,6 +247,15 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
             parts.append(f"Largest losses against base ({name}):")
             parts.append("\n".join(_loss_line(loss) for loss in entry["largest_losses"]))
     return "\n\n".join(parts)
+
+
+def regression_markdown(regression: dict) -> str:
+    """The out-of-domain check: its table and verdict."""
+    table = markdown_table(regression["systems"], HEADLINE_METRICS)
+    return (
+        f"**out-of-domain regression check** ({regression['n_queries']} queries, {regression['collection']})\n\n"
+        f"{table}\n\n{gate_summary(regression['gate'])}"
+    )
 
 
 def _loss_line(loss: dict) -> str:

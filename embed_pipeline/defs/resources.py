@@ -8,6 +8,7 @@ import dagster as dg
 from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
 
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_data" / "scifact_sample"
+GENERAL_OOD = Path(__file__).resolve().parents[1] / "sample_data" / "general_ood"
 
 
 class PipelineResource(dg.ConfigurableResource):

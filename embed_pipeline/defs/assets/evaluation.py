@@ -1,28 +1,34 @@
 """The BEIR report: BM25 vs base vs fine-tuned, on held-out synthetic questions and real queries."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from transformers import AutoTokenizer
 
-from embed_pipeline.config import EvaluationConfig
+from embed_pipeline.config import ChunkingConfig, EvaluationConfig
 from embed_pipeline.core.evaluation import METRIC_NAMES, load_beir_queries
+from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.model_card import append_section
+from embed_pipeline.core.plots import metric_bars_markdown
 from embed_pipeline.core.report import (
     HEADLINE_METRICS,
     REAL,
     SYNTHETIC,
+    evaluate_on_beir,
     evaluate_systems,
     gate,
     gate_summary,
+    regression_markdown,
     report_markdown,
     synthetic_test_set,
 )
 from embed_pipeline.defs.io_manager import write_atomically
-from embed_pipeline.defs.plots import metric_bars_markdown
-from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
+from embed_pipeline.defs.resources import GENERAL_OOD, PipelineResource, TorchDeviceResource
 
 GATE_CHECK = "fine_tuned_not_worse_than_base"
+REGRESSION_CHECK = "no_out_of_domain_regression"
 
 
 @dg.asset(
@@ -35,7 +41,13 @@ GATE_CHECK = "fine_tuned_not_worse_than_base"
             asset="beir_report",
             blocking=True,
             description="Fine-tuned >= base - tolerance on the gate metric; when it fails, no export is built.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            REGRESSION_CHECK,
+            asset="beir_report",
+            blocking=True,
+            description="On an out-of-domain collection, fine-tuned >= base - regression_tolerance; else no export.",
+        ),
     ],
 )
 def beir_report(
@@ -84,14 +96,37 @@ def beir_report(
     )
     verdict = gate(report, config.gate_metric, config.gate_tolerance, config.gate_query_set)
     report["gate"] = verdict
+    regression = None
+    if config.regression_beir:
+        folder = GENERAL_OOD if config.regression_beir == "bundled" else Path(config.regression_beir)
+        ood = evaluate_on_beir(
+            folder,
+            {"base": pipeline.base_model_path(), "fine-tuned": finetuned_model["path"]},
+            AutoTokenizer.from_pretrained(pipeline.base_model_path()),
+            ChunkingConfig().model_dump(),
+            device=compute.torch_device(),
+            batch_size=config.batch_size,
+            query_prompt=pipeline.query_prompt,
+            passage_prompt=pipeline.passage_prompt,
+        )
+        regression = {
+            **gate(ood, config.gate_metric, config.regression_tolerance, REAL),
+            "query_set": f"out-of-domain {folder.name}",
+        }
+        report["regression"] = {"collection": str(folder), **ood["query_sets"][REAL], "gate": regression}
     report["model_path"] = finetuned_model["path"]
     report["eval_beir_dir"] = pipeline.eval_beir_dir
     table = report_markdown(report) + "\n\n" + gate_summary(verdict)
+    if regression:
+        table += "\n\n" + regression_markdown(report["regression"])
     stem = pipeline.artifacts("reports", f"report-{context.run_id[:8]}")
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path, md_path, html_path = stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".html")
     write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     write_atomically(md_path, lambda tmp: tmp.write_text(table + "\n"))
+    html = report_html(report, f"Evaluation report, run {context.run_id[:8]}", finetuned_model.get("dimension"))
+    write_atomically(html_path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     report["report_json"], report["report_markdown"] = str(json_path), str(md_path)
+    report["report_html"] = str(html_path)
     append_section(finetuned_model["path"], "Evaluation (embed_pipeline beir_report)", table)
     headline = {
         f"{name}/{system}/{metric}": entry["systems"][system][metric]
@@ -112,10 +147,11 @@ def beir_report(
         "gate_passed": verdict["passed"],
     }
     yield dg.Output(report, metadata=metadata)
-    yield dg.AssetCheckResult(
-        check_name=GATE_CHECK,
-        passed=verdict["passed"],
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=gate_summary(verdict),
-        metadata={k: v for k, v in verdict.items() if k != "passed"},
-    )
+    for check, outcome in ((GATE_CHECK, verdict), (REGRESSION_CHECK, regression)):
+        yield dg.AssetCheckResult(
+            check_name=check,
+            passed=outcome["passed"] if outcome else True,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=gate_summary(outcome) if outcome else "regression_beir is off",
+            metadata={k: v for k, v in outcome.items() if k != "passed"} if outcome else {},
+        )

@@ -7,8 +7,8 @@ import pandas as pd
 
 from embed_pipeline.config import MiningConfig, TrainingConfig
 from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
+from embed_pipeline.core.plots import histogram_markdown
 from embed_pipeline.core.training import checkpoint_key, finetune, validation_set
-from embed_pipeline.defs.plots import histogram_markdown
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
 

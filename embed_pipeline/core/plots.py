@@ -1,0 +1,83 @@
+"""Small matplotlib plots as PNG data URIs: Markdown images in Dagster metadata (the UI renders them) and
+images in the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _data_uri(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def _markdown_image(fig, alt: str) -> str:
+    return f"![{alt}]({_data_uri(fig)})"
+
+
+def histogram_markdown(series: dict[str, list[float]], title: str = "cosine similarity to the question") -> str:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, values in series.items():
+        if values:
+            ax.hist(values, bins=30, alpha=0.6, label=f"{label} (n={len(values)})")
+    ax.set_xlabel(title)
+    ax.legend()
+    return _markdown_image(fig, title)
+
+
+def _metric_bars(systems: dict[str, dict[str, float]], metrics: list[str], title: str):
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.8 / max(1, len(systems))
+    for i, (system, values) in enumerate(systems.items()):
+        ax.bar([m + i * width for m in range(len(metrics))], [values[k] for k in metrics], width, label=system)
+    ax.set_xticks([m + width * (len(systems) - 1) / 2 for m in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def metric_bars_markdown(systems: dict[str, dict[str, float]], metrics: list[str], title: str) -> str:
+    return _markdown_image(_metric_bars(systems, metrics, title), title)
+
+
+def metric_bars_uri(systems: dict[str, dict[str, float]], metrics: list[str], title: str) -> str:
+    return _data_uri(_metric_bars(systems, metrics, title))
+
+
+def per_k_curves_uri(systems: dict[str, dict[str, float]], ks: list[int], title: str) -> str:
+    """nDCG@k and Recall@k against k, one line per system."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, metric in zip(axes, ("nDCG", "Recall"), strict=True):
+        for system, values in systems.items():
+            ax.plot(ks, [values[f"{metric}@{k}"] for k in ks], marker="o", label=system)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k")
+        ax.set_ylabel(f"{metric}@k")
+        ax.set_ylim(0, 1)
+    axes[0].set_title(title)
+    axes[1].legend(fontsize=7)
+    return _data_uri(fig)
+
+
+def matryoshka_curve_uri(points: dict[int, float], base: float, metric: str) -> str:
+    """The fine-tuned model's `metric` at each embedding size, against the base model's at full size."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    dims = sorted(points)
+    ax.plot(dims, [points[d] for d in dims], marker="o", label="fine-tuned")
+    ax.axhline(base, color="grey", linestyle="--", label="base (full size)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set_xlabel("embedding dimensions")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    return _data_uri(fig)
