@@ -390,3 +390,26 @@ def test_largest_losses_lists_the_queries_fine_tuning_hurt_most_with_both_top_hi
     assert [(h["id"], h["relevant"]) for h in q2["fine_tuned_top"]] == [("doc 3", False), ("doc-2", False)]
     assert q2["base_top"][0] == {"id": "d:5", "relevant": True, "text": CORPUS["d:5"]}
     assert len(largest_losses(queries, qrels, base, tuned, CORPUS, n=1)) == 1
+
+
+def test_metrics_equal_pytrec_eval_run_directly_on_a_real_collection() -> None:
+    """BM25 on the bundled SciFact sample (150 real claims): every reported number is pytrec_eval's own."""
+    import pytrec_eval
+
+    from embed_pipeline.defs.resources import SAMPLE_CORPUS
+
+    queries, qrels = load_beir_queries(SAMPLE_CORPUS)
+    docs = [json.loads(line) for line in (SAMPLE_CORPUS / "corpus.jsonl").open()]
+    run = bm25_search([d["_id"] for d in docs], [f"{d['title']} {d['text']}" for d in docs], queries, top_k=100)
+    ours = retrieval_metrics(qrels, run)
+    measures = {"ndcg_cut.1,5,10,100", "recall.1,5,10,100", "map_cut.1,5,10,100", "P.1,5,10,100"}
+    full = {q: run.get(q) or {"\0none": 0.0} for q in qrels}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(full)
+    top10 = {q: dict(sorted(hits.items(), key=lambda item: -item[1])[:10]) for q, hits in full.items()}
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    for ours_name, trec_name in (("nDCG", "ndcg_cut"), ("Recall", "recall"), ("MAP", "map_cut"), ("P", "P")):
+        for k in KS:
+            expected = sum(per_query[q][f"{trec_name}_{k}"] for q in qrels) / len(qrels)
+            assert ours[f"{ours_name}@{k}"] == pytest.approx(expected, abs=1e-4), f"{ours_name}@{k}"
+    assert ours["MRR@10"] == pytest.approx(sum(rr[q]["recip_rank"] for q in qrels) / len(qrels), abs=1e-4)
+    assert 0.5 < ours["nDCG@10"] < 1.0  # a real ranking, not a degenerate one
