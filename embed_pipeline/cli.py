@@ -191,6 +191,12 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _system_names(models: list[str]) -> dict[str, str]:
+    """Report row names for `eval`'s models: a folder's name when that is unambiguous, else the whole string."""
+    short = [m if m.startswith(("http://", "https://")) else Path(m).name or m for m in models]
+    return dict(zip(short if len(set(short)) == len(short) else models, models, strict=True))
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """Score models on a BEIR folder exactly as `beir_report` scores the real queries: documents chunked
     with the pipeline's defaults, each document ranked by its best chunk, BM25 and the hybrid beside."""
@@ -203,7 +209,7 @@ def evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate_on_beir(
             args.beir,
-            {model: model for model in args.model},
+            _system_names(args.model),
             AutoTokenizer.from_pretrained(base_model_path(None)),
             ChunkingConfig().model_dump(),
             args.split,

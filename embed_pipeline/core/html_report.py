@@ -12,7 +12,9 @@ from embed_pipeline.core.report import HEADLINE_METRICS, gate_summary
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.85em; }
+td:first-child { max-width: 22em; overflow-wrap: anywhere; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.best td { font-weight: bold; }
@@ -32,7 +34,7 @@ def _table(systems: dict[str, dict[str, float]], metrics: list[str]) -> str:
         + "</tr>"
         for s, v in systems.items()
     )
-    return f"<table><tr><th>system</th>{head}</tr>{rows}</table>"
+    return f"<div class=scroll><table><tr><th>system</th>{head}</tr>{rows}</table></div>"
 
 
 def _verdict(verdict: dict) -> str:

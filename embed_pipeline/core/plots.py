@@ -39,9 +39,9 @@ def _metric_bars(systems: dict[str, dict[str, float]], metrics: list[str], title
     for i, (system, values) in enumerate(systems.items()):
         ax.bar([m + i * width for m in range(len(metrics))], [values[k] for k in metrics], width, label=system)
     ax.set_xticks([m + width * (len(systems) - 1) / 2 for m in range(len(metrics))], metrics)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     return fig
 
 
@@ -65,7 +65,8 @@ def per_k_curves_uri(systems: dict[str, dict[str, float]], ks: list[int], title:
         ax.set_ylabel(f"{metric}@k")
         ax.set_ylim(0, 1)
     axes[0].set_title(title)
-    axes[1].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return _data_uri(fig)
 
 
