@@ -107,6 +107,8 @@ def test_report_has_every_metric_for_every_system_on_both_query_sets(materialize
     result, _ = materialized
     report = result.output_for_node("beir_report")
     expected = {f"{m}@{k}" for m in ("nDCG", "Recall", "MAP", "P") for k in KS} | {"MRR@10"}
+    assert report["schema_version"] == 1
+    assert set(report) >= {"query_sets", "timings_s", "corpus", "gate", "regression", "model_path", "report_html"}
     assert set(report["query_sets"]) == {SYNTHETIC, REAL}
     assert report["query_sets"][REAL]["n_queries"] == N_QUERIES
     for entry in report["query_sets"].values():

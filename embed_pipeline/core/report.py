@@ -25,6 +25,7 @@ from embed_pipeline.core.evaluation import (
 log = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ["nDCG@10", "Recall@10", "MRR@10", "Recall@100"]
+REPORT_SCHEMA_VERSION = 1  # bumped whenever a key of the report JSON changes meaning or disappears
 SYNTHETIC = "synthetic_test"
 REAL = "real_queries"
 
@@ -66,6 +67,7 @@ def evaluate_systems(
     ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
     chunk_to_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
     report: dict = {
+        "schema_version": REPORT_SCHEMA_VERSION,
         "query_sets": {},
         "timings_s": {},
         "corpus": {"chunks": len(ids), "documents": int(chunks["doc_id"].nunique())},
