@@ -146,6 +146,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
     else:
         onnx = result.output_for_node("onnx_model")
         print(f"ONNX model:      {onnx['onnx_file']}  (max |ONNX - PyTorch| = {onnx['max_abs_difference']:.2e})")
+        int8 = result.output_for_node("onnx_int8_model")
+        print(
+            f"ONNX int8 model: {int8['onnx_file']}  (min cosine to PyTorch {int8['min_cosine']:.4f}, "
+            f"nDCG@10 {-int8['ndcg@10_drop_vs_fp32']:+.4f} vs fp32 on the test questions)"
+        )
     print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     if args.json:
         print(json.dumps(report))

@@ -175,6 +175,15 @@ class ExportConfig(dg.Config):
     parity_tolerance: float = Field(default=1e-4, description="Max abs difference allowed against PyTorch.")
 
 
+class Int8ExportConfig(dg.Config):
+    min_cosine: float = Field(
+        default=0.99, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
+    )
+    max_ndcg_drop: float = Field(
+        default=0.005, description="Largest nDCG@10 loss against the fp32 export on the test questions (asset check)."
+    )
+
+
 ASSET_CONFIGS: dict[str, type[dg.Config]] = {
     "raw_documents": DocumentsConfig,
     "chunked_corpus": ChunkingConfig,
@@ -184,6 +193,7 @@ ASSET_CONFIGS: dict[str, type[dg.Config]] = {
     "training_set, finetuned_model": TrainingConfig,
     "beir_report": EvaluationConfig,
     "onnx_model": ExportConfig,
+    "onnx_int8_model": Int8ExportConfig,
 }
 
 

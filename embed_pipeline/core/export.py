@@ -9,7 +9,8 @@ Example::
     onnx_path = export_onnx("models/finetuned", "models/finetuned-onnx")
     encoder = OnnxEncoder("models/finetuned-onnx")
     vectors = encoder.encode(["how do I rotate a key?"])  # float32, unit length
-    assert max_abs_difference("models/finetuned", "models/finetuned-onnx", texts) < 1e-4
+    assert parity("models/finetuned", "models/finetuned-onnx", texts)["max_abs_difference"] < 1e-4
+    quantize_int8("models/finetuned-onnx", "models/finetuned-onnx-int8")  # ~4x smaller, faster on CPU
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import onnxruntime as ort
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "max_abs_difference"]
+__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8"]
 
 EXPORT_INFO = "export.json"
 ONNX_FILE = "model.onnx"
@@ -177,8 +178,9 @@ class OnnxEncoder:
         return np.concatenate(batches).astype(np.float32, copy=False)
 
 
-def max_abs_difference(model_dir: str | Path, onnx_dir: str | Path, texts: list[str]) -> float:
-    """Largest element-wise gap between PyTorch (sentence-transformers) and ONNX embeddings of ``texts``."""
+def parity(model_dir: str | Path, onnx_dir: str | Path, texts: list[str]) -> dict[str, float]:
+    """How close an export's embeddings of ``texts`` are to PyTorch's (sentence-transformers):
+    the largest element-wise gap and the lowest cosine similarity."""
     # Imported here: serving needs OnnxEncoder only, not sentence-transformers' import time.
     from sentence_transformers import SentenceTransformer
 
@@ -186,7 +188,53 @@ def max_abs_difference(model_dir: str | Path, onnx_dir: str | Path, texts: list[
         texts, normalize_embeddings=True, convert_to_numpy=True
     )
     exported = OnnxEncoder(onnx_dir).encode(texts)
-    return float(np.abs(reference - exported).max())
+    return {
+        "max_abs_difference": float(np.abs(reference - exported).max()),
+        "min_cosine": float((reference * exported).sum(axis=1).min()),
+    }
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
+    """Dynamic int8 quantization of an ``export_onnx`` folder into ``out_dir`` (same layout, so
+    ``OnnxEncoder`` and the server load it unchanged): weights int8 per channel (per-tensor loses
+    about 0.07 cosine on MiniLM), activations quantized at run time. On CPUs without VNNI the weights use
+    7 bits (``reduce_range``) so the u8 x s8 products cannot saturate. ``export.json`` records it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    info = json.loads((onnx_dir / EXPORT_INFO).read_text(encoding="utf-8"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)
+    try:
+        for item in onnx_dir.iterdir():
+            if item.is_file() and item.name not in (ONNX_FILE, EXPORT_INFO):
+                shutil.copy2(item, staging / item.name)
+        reduce_range = not cpu_has_vnni()
+        quantize_dynamic(
+            str(onnx_dir / ONNX_FILE),
+            str(staging / ONNX_FILE),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=reduce_range,
+        )
+        info["quantization"] = {"method": "dynamic int8", "per_channel": True, "reduce_range": reduce_range}
+        info["source_onnx"] = str(onnx_dir.resolve())
+        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / ONNX_FILE
 
 
 def _check_supported(model_dir: Path) -> int:
