@@ -188,7 +188,14 @@ def serve(args: argparse.Namespace) -> int:
             print(f"error: --api-key-env names {args.api_key_env!r}, which is not set", file=sys.stderr)
             return 2
     try:
-        app = create_app(args.model, model_name=args.name, api_key=api_key, max_batch=args.max_batch)
+        app = create_app(
+            args.model,
+            model_name=args.name,
+            api_key=api_key,
+            max_batch=args.max_batch,
+            allowed_dimensions=args.dimensions,
+            max_body_bytes=args.max_body_bytes,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -253,12 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="Run everything on the bundled 300-abstract SciFact sample.")
     _add_run_flags(demo)
     server = commands.add_parser("serve", help="Serve an ONNX export as an OpenAI-compatible /v1/embeddings API.")
-    server.add_argument("--model", required=True, help="An ONNX export folder (artifacts/models/onnx-RUN).")
+    server.add_argument("--model", required=True, help="An ONNX export folder (models/onnx-RUN or onnx-int8-RUN).")
     server.add_argument("--name", help="Model name reported by the API (default: the folder name).")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--api-key-env", help="Require this environment variable's value as bearer token.")
     server.add_argument("--max-batch", type=int, default=256, help="Most inputs per request.")
+    server.add_argument(
+        "--dimensions", type=int, nargs="+", help="Sizes a request may ask for (Matryoshka); default: the full one."
+    )
+    server.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="Largest request body (413 above).")
     scorer = commands.add_parser(
         "eval", help="Score models (id or folder, ONNX export, or /v1/embeddings URL) on a BEIR folder."
     )

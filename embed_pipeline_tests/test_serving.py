@@ -1,6 +1,7 @@
 """The real server on a loopback port, called with the official openai client."""
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -24,11 +25,9 @@ TEXTS = ["How do statins lower cholesterol?", "Statins inhibit HMG-CoA reductase
 TOKEN = "test-token"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    onnx_dir = tmp_path_factory.mktemp("onnx") / "model"
-    export_onnx(base_model_path(None), onnx_dir)
-    app = create_app(onnx_dir, model_name="minilm-test", api_key=TOKEN, max_batch=4, allowed_dimensions=[384, 128])
+@contextlib.contextmanager
+def _serving(app):
+    """`app` on a free loopback port in a background thread; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -41,6 +40,22 @@ def server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     uv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    onnx_dir = tmp_path_factory.mktemp("onnx") / "model"
+    export_onnx(base_model_path(None), onnx_dir)
+    app = create_app(
+        onnx_dir,
+        model_name="minilm-test",
+        api_key=TOKEN,
+        max_batch=4,
+        allowed_dimensions=[384, 128],
+        max_body_bytes=65536,
+    )
+    with _serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +146,46 @@ def test_eval_names_an_unreachable_server_and_a_missing_corpus(small_beir, tmp_p
     assert "127.0.0.1:9/v1" in capsys.readouterr().err
     assert main(["eval", "--model", base_model_path(None), "--beir", str(tmp_path)]) == 2
     assert "has no corpus.jsonl" in capsys.readouterr().err
+
+
+def test_oversized_body_gets_413_and_metrics_count_requests_by_status(server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    r = httpx.post(f"{server}/v1/embeddings", json={"input": "x" * 70000}, headers=headers)
+    assert r.status_code == 413 and "exceeds the limit of 65536" in r.json()["error"]["message"]
+    assert httpx.post(f"{server}/v1/embeddings", json={"input": "ok"}, headers=headers).status_code == 200
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'embed_requests_total{status="413"}' in metrics and 'embed_requests_total{status="200"}' in metrics
+    assert "embed_request_seconds_bucket" in metrics and "embed_texts_total" in metrics
+
+
+def test_truncate_none_refuses_over_long_input_and_start_keeps_its_end(server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    long_text = "Statins lower cholesterol. " * 60 + "The final sentence is about violins and bows."
+
+    def embed(**fields):
+        return httpx.post(f"{server}/v1/embeddings", json={"input": long_text, **fields}, headers=headers)
+
+    refused = embed(truncate="NONE")
+    assert refused.status_code == 400 and "tokens; the model reads 256" in refused.json()["error"]["message"]
+    end, start = (np.array(embed(truncate=t).json()["data"][0]["embedding"]) for t in ("END", "START"))
+    default = np.array(embed().json()["data"][0]["embedding"])
+    assert np.abs(default - end).max() == 0 and float(end @ start) < 0.99  # START read a different window
+    assert embed(truncate="MIDDLE").status_code == 400
+
+
+def test_input_type_applies_the_prompts_the_model_was_trained_with(tmp_path):
+    model = SentenceTransformer(base_model_path(None), device="cpu")
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    model.save(str(tmp_path / "prompted"))
+    export_onnx(tmp_path / "prompted", tmp_path / "onnx")
+    with _serving(create_app(tmp_path / "onnx")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+
+        def served(input_type: str | None) -> np.ndarray:
+            extra = {"input_type": input_type} if input_type else None
+            return np.array(client.embeddings.create(model="m", input=TEXTS, extra_body=extra).data[0].embedding)
+
+        assert np.abs(served("query") - model.encode_query(TEXTS)[0]).max() < 1e-4
+        assert np.abs(served("passage") - model.encode_document(TEXTS)[0]).max() < 1e-4
+        assert np.abs(served(None) - model.encode(TEXTS)[0]).max() < 1e-4  # no input_type: the raw text
+        assert httpx.get(f"{url}/v1/health/ready").json()["prompts"] == {"query": "query: ", "document": "passage: "}

@@ -76,8 +76,9 @@ def load_encoder(
     truncate_dim: int | None = None,
 ):
     """The encoder for `model`: an http(s) URL is an OpenAI-compatible endpoint, a folder holding
-    `export.json` an ONNX export, anything else a sentence-transformers model id or folder (its own
-    prompts unless given). `truncate_dim` keeps the first that many dimensions (Matryoshka), re-normalised."""
+    `export.json` an ONNX export, anything else a sentence-transformers model id or folder; the last two
+    use their own recorded prompts unless prompts are given. `truncate_dim` keeps the first that many
+    dimensions (Matryoshka), re-normalised."""
     from embed_pipeline.core.device import load_bi_encoder
     from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder
 
@@ -86,6 +87,10 @@ def load_encoder(
         encode = endpoint_encode(model, api_key_env)
     elif Path(model, EXPORT_INFO).is_file():
         onnx = OnnxEncoder(model)
+        prompts = (
+            onnx.prompts.get("query", "") if query_prompt is None else query_prompt,
+            onnx.prompts.get("document", "") if passage_prompt is None else passage_prompt,
+        )
 
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return onnx.encode(texts, batch_size)

@@ -131,6 +131,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> 
             "inputs": input_names,
             "output": OUTPUT_NAME,
             "normalized": True,
+            "prompts": _prompts(model_dir),
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _replace_dir(staging, out_dir)
@@ -151,7 +152,9 @@ class OnnxEncoder:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         self.dim: int = info["dim"]
         self.max_seq_length: int = info["max_seq_length"]
+        self.prompts: dict[str, str] = info.get("prompts", {})
         self.tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+        self._left_tokenizer = AutoTokenizer.from_pretrained(onnx_dir, truncation_side="left")
         if providers is None:
             providers = ["CPUExecutionProvider"]
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -159,11 +162,17 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(onnx_dir / ONNX_FILE), providers=providers)
         self._input_names = [i.name for i in self.session.get_inputs()]
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Return float32 unit-length embeddings, one row per text, truncating to max_seq_length."""
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text before truncation (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+
+    def encode(self, texts: list[str], batch_size: int = 32, keep_end: bool = False) -> np.ndarray:
+        """Return float32 unit-length embeddings, one row per text, truncating to max_seq_length (dropping
+        the start of an over-long text instead of its end with `keep_end`)."""
+        tokenizer = self._left_tokenizer if keep_end else self.tokenizer
         batches = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(
+            tokens = tokenizer(
                 texts[start : start + batch_size],
                 padding=True,
                 truncation=True,
@@ -235,6 +244,14 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir / ONNX_FILE
+
+
+def _prompts(model_dir: Path) -> dict[str, str]:
+    """The model's non-empty query/document prompts (sentence-transformers config), for servers and
+    evaluators of the export to apply by input type."""
+    config = model_dir / "config_sentence_transformers.json"
+    prompts = json.loads(config.read_text(encoding="utf-8")).get("prompts", {}) if config.is_file() else {}
+    return {kind: text for kind, text in prompts.items() if kind in ("query", "document") and text}
 
 
 def _check_supported(model_dir: Path) -> int:

@@ -1,8 +1,10 @@
 """An OpenAI-compatible `/v1/embeddings` server over an ONNX export (onnxruntime; CUDA when present).
 
-First version of the contract in the design notes: OpenAI request/response and error envelope,
-`encoding_format` float/base64, `dimensions` (truncate + re-normalise; sizes from `allowed_dimensions`),
-`input_type` accepted, `/v1/models`, liveness/readiness, optional bearer token, batch and length limits.
+The contract in the design notes: OpenAI request/response and error envelope, `encoding_format`
+float/base64, `dimensions` (truncate + re-normalise; sizes from `allowed_dimensions`), `input_type`
+(query/passage: the prompt the model was trained with, recorded in the export, is prepended),
+`truncate` (END, START or NONE: refuse over-long inputs), `/v1/models`, liveness/readiness, Prometheus
+`/metrics`, optional bearer token, limits on batch size, input length and body size.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from embed_pipeline.core.export import OnnxEncoder
@@ -28,6 +30,7 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, gt=0)
     input_type: Literal["query", "passage", "document"] | None = None
+    truncate: Literal["NONE", "START", "END"] = "END"
     user: str | None = None
 
 
@@ -51,8 +54,11 @@ def create_app(
     max_batch: int = 256,
     max_input_chars: int = 32_768,
     allowed_dimensions: list[int] | None = None,
+    max_body_bytes: int = 4 * 2**20,
 ) -> FastAPI:
     """Build the app around one ONNX export folder (loaded once, at start-up)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
     encoder = OnnxEncoder(onnx_dir)
     name = model_name or Path(onnx_dir).resolve().name
     dims = sorted(set(allowed_dimensions or [encoder.dim]))
@@ -60,6 +66,25 @@ def create_app(
         raise ValueError(f"allowed_dimensions {dims} must lie in 1..{encoder.dim} for {onnx_dir}")
     app = FastAPI(title="embed_pipeline embeddings", version="1")
     started = int(time.time())
+    registry = CollectorRegistry()  # one per app: several apps (tests) never share counters
+    requests = Counter("embed_requests", "Requests to /v1/embeddings by HTTP status.", ["status"], registry=registry)
+    latency = Histogram("embed_request_seconds", "Latency of /v1/embeddings requests.", registry=registry)
+    texts_total = Counter("embed_texts", "Texts embedded.", registry=registry)
+    tokens_total = Counter("embed_tokens", "Tokens embedded (after truncation).", registry=registry)
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > max_body_bytes:
+            response = _error(413, f"Request body of {size} bytes exceeds the limit of {max_body_bytes}.", "input")
+        else:
+            began = time.perf_counter()
+            response = await call_next(request)
+            if request.url.path == "/v1/embeddings":
+                latency.observe(time.perf_counter() - began)
+        if request.url.path == "/v1/embeddings":
+            requests.labels(status=str(response.status_code)).inc()
+        return response
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -95,11 +120,25 @@ def create_app(
                 raise APIError(413, f"input[{i}] has {len(text)} characters; the limit is {max_input_chars}.", "input")
         if body.dimensions is not None and body.dimensions not in dims:
             raise APIError(400, f"dimensions={body.dimensions} is not served; allowed: {dims}.", "dimensions")
-        vectors = encoder.encode(texts)
+        kind = {"query": "query", "passage": "document", "document": "document"}.get(body.input_type or "")
+        prompt = encoder.prompts.get(kind, "") if kind else ""
+        texts = [prompt + t for t in texts]
+        if body.truncate == "NONE":
+            for i, n in enumerate(encoder.token_counts(texts)):
+                if n > encoder.max_seq_length:
+                    raise APIError(
+                        400,
+                        f"input[{i}] has {n} tokens; the model reads {encoder.max_seq_length}. Shorten it or "
+                        "send truncate=END (or START).",
+                        "input",
+                    )
+        vectors = encoder.encode(texts, keep_end=body.truncate == "START")
         if body.dimensions is not None and body.dimensions < encoder.dim:
             vectors = vectors[:, : body.dimensions]
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         n_tokens = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True)["input_ids"])
+        texts_total.inc(len(texts))
+        tokens_total.inc(n_tokens)
         data = [
             {
                 "object": "embedding",
@@ -122,12 +161,16 @@ def create_app(
         authorize(authorization)
         return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "local"}]}
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/health/live")
     def live() -> dict:
         return {"status": "live"}
 
     @app.get("/v1/health/ready")
     def ready() -> dict:
-        return {"status": "ready", "model": name, "dimensions": dims}
+        return {"status": "ready", "model": name, "dimensions": dims, "prompts": encoder.prompts}
 
     return app
