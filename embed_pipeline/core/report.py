@@ -261,7 +261,10 @@ def regression_markdown(regression: dict) -> str:
 
 
 def _loss_line(loss: dict) -> str:
-    hits = "; ".join(f"{'✓' if h['relevant'] else '✗'} {h['id']}: {h['text'][:80]}…" for h in loss["fine_tuned_top"])
+    hits = "; ".join(
+        f"{'✓' if h['relevant'] else '✗'} {h['id']}: {' '.join(h['text'][:80].split())}…"
+        for h in loss["fine_tuned_top"]
+    )
     return (
         f"- {loss['query']!r} nDCG@10 {loss['base_ndcg@10']:.2f} → {loss['fine_tuned_ndcg@10']:.2f}; "
         f"relevant {', '.join(loss['relevant'])}; fine-tuned top: {hits}"
