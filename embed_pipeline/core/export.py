@@ -15,10 +15,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +107,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> 
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     dynamic_axes[OUTPUT_NAME] = {0: "batch"}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it owner-only; the export is meant to be shared
-    try:
+    with _staging(out_dir) as staging:
         with torch.no_grad():
             dim = int(encoder(*args).shape[1])
             torch.onnx.export(
@@ -134,10 +133,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> 
             "prompts": _prompts(model_dir),
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / ONNX_FILE
 
 
@@ -221,10 +216,7 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     info = json.loads((onnx_dir / EXPORT_INFO).read_text(encoding="utf-8"))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
+    with _staging(out_dir) as staging:
         for item in onnx_dir.iterdir():
             if item.is_file() and item.name not in (ONNX_FILE, EXPORT_INFO):
                 shutil.copy2(item, staging / item.name)
@@ -239,10 +231,6 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
         info["quantization"] = {"method": "dynamic int8", "per_channel": True, "reduce_range": reduce_range}
         info["source_onnx"] = str(onnx_dir.resolve())
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / ONNX_FILE
 
 
@@ -293,6 +281,21 @@ def _check_supported(model_dir: Path) -> int:
     limit = AutoTokenizer.from_pretrained(model_dir).model_max_length
     positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
     return int(min(limit, positions) if positions else limit)
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out_dir`` to build an export in: renamed into place when the block
+    succeeds, removed when it fails, so readers never see a half-written export."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the export is meant to be shared
+    try:
+        yield staging
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
