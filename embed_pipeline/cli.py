@@ -195,6 +195,7 @@ def serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             allowed_dimensions=args.dimensions,
             max_body_bytes=args.max_body_bytes,
+            batch_wait_ms=args.batch_wait_ms,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -270,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         "--dimensions", type=int, nargs="+", help="Sizes a request may ask for (Matryoshka); default: the full one."
     )
     server.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="Largest request body (413 above).")
+    server.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="How long a request waits for others to be encoded with."
+    )
     scorer = commands.add_parser(
         "eval", help="Score models (id or folder, ONNX export, or /v1/embeddings URL) on a BEIR folder."
     )

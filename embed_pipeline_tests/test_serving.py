@@ -1,8 +1,10 @@
 """The real server on a loopback port, called with the official openai client."""
 
 import base64
+import concurrent.futures
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -189,3 +191,27 @@ def test_input_type_applies_the_prompts_the_model_was_trained_with(tmp_path):
         assert np.abs(served("passage") - model.encode_document(TEXTS)[0]).max() < 1e-4
         assert np.abs(served(None) - model.encode(TEXTS)[0]).max() < 1e-4  # no input_type: the raw text
         assert httpx.get(f"{url}/v1/health/ready").json()["prompts"] == {"query": "query: ", "document": "passage: "}
+
+
+def test_concurrent_requests_are_batched_together_and_each_gets_its_own_vectors(tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    export_onnx(base_model_path(None), onnx_dir)
+    requests = [[f"question {i}: {TEXTS[0]}", TEXTS[1][: 40 + 7 * i]] for i in range(8)]
+    model = SentenceTransformer(base_model_path(None), device="cpu")
+    expected = [model.encode(texts, normalize_embeddings=True) for texts in requests]
+    with _serving(create_app(onnx_dir, batch_wait_ms=300)) as url:
+        start = threading.Barrier(len(requests))
+
+        def call(texts: list[str]) -> np.ndarray:
+            start.wait()
+            data = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60).json()["data"]
+            return np.array([d["embedding"] for d in data])
+
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            got = list(pool.map(call, requests))
+        metrics = httpx.get(f"{url}/metrics").text
+    for vectors, want in zip(got, expected, strict=True):
+        assert np.abs(vectors - want).max() < 1e-4
+    calls = float(re.search(r"^embed_batch_texts_count (\S+)$", metrics, re.M).group(1))
+    texts = float(re.search(r"^embed_batch_texts_sum (\S+)$", metrics, re.M).group(1))
+    assert texts == 16 and calls < len(requests)  # 8 requests, fewer model calls

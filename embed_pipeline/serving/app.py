@@ -4,7 +4,8 @@ The contract in the design notes: OpenAI request/response and error envelope, `e
 float/base64, `dimensions` (truncate + re-normalise; sizes from `allowed_dimensions`), `input_type`
 (query/passage: the prompt the model was trained with, recorded in the export, is prepended),
 `truncate` (END, START or NONE: refuse over-long inputs), `/v1/models`, liveness/readiness, Prometheus
-`/metrics`, optional bearer token, limits on batch size, input length and body size.
+`/metrics`, optional bearer token, limits on batch size, input length and body size; concurrent
+requests are encoded together (`DynamicBatcher`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from embed_pipeline.core.export import OnnxEncoder
+from embed_pipeline.serving.batching import DynamicBatcher
 
 
 class EmbeddingRequest(BaseModel):
@@ -55,6 +57,8 @@ def create_app(
     max_input_chars: int = 32_768,
     allowed_dimensions: list[int] | None = None,
     max_body_bytes: int = 4 * 2**20,
+    batch_wait_ms: float = 5.0,
+    max_batch_texts: int = 128,
 ) -> FastAPI:
     """Build the app around one ONNX export folder (loaded once, at start-up)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -71,6 +75,18 @@ def create_app(
     latency = Histogram("embed_request_seconds", "Latency of /v1/embeddings requests.", registry=registry)
     texts_total = Counter("embed_texts", "Texts embedded.", registry=registry)
     tokens_total = Counter("embed_tokens", "Tokens embedded (after truncation).", registry=registry)
+    batch_texts = Histogram(
+        "embed_batch_texts",
+        "Texts per model call after dynamic batching.",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        registry=registry,
+    )
+    batcher = DynamicBatcher(
+        lambda texts, keep_end: encoder.encode(texts, batch_size=32, keep_end=keep_end),
+        wait_ms=batch_wait_ms,
+        max_texts=max_batch_texts,
+        on_batch=batch_texts.observe,
+    )
 
     @app.middleware("http")
     async def limits_and_metrics(request: Request, call_next):
@@ -132,7 +148,7 @@ def create_app(
                         "send truncate=END (or START).",
                         "input",
                     )
-        vectors = encoder.encode(texts, keep_end=body.truncate == "START")
+        vectors = batcher.encode(texts, keep_end=body.truncate == "START")
         if body.dimensions is not None and body.dimensions < encoder.dim:
             vectors = vectors[:, : body.dimensions]
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
