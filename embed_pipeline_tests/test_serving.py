@@ -14,6 +14,8 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.cli import main
@@ -215,3 +217,38 @@ def test_concurrent_requests_are_batched_together_and_each_gets_its_own_vectors(
     calls = float(re.search(r"^embed_batch_texts_count (\S+)$", metrics, re.M).group(1))
     texts = float(re.search(r"^embed_batch_texts_sum (\S+)$", metrics, re.M).group(1))
     assert texts == 16 and calls < len(requests)  # 8 requests, fewer model calls
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+FIELD_VALUES = {
+    "input": JSON | st.text(max_size=300) | st.lists(st.text(max_size=80), max_size=6),
+    "model": JSON,
+    "encoding_format": JSON | st.sampled_from(["float", "base64"]),
+    "dimensions": JSON | st.integers(-5, 600),
+    "input_type": JSON | st.sampled_from(["query", "passage", "document"]),
+    "truncate": JSON | st.sampled_from(["NONE", "START", "END"]),
+    "user": JSON,
+}
+BODIES = st.fixed_dictionaries({}, optional=FIELD_VALUES) | JSON
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_fuzzed_request_bodies_never_get_a_5xx(server, body):
+    """Property: whatever JSON arrives (any shape, any field values), the answer is 200 or a 4xx in the
+    OpenAI envelope, never a server error."""
+    r = httpx.post(f"{server}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code != 200:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_server_still_answers_after_the_fuzz_run_and_raw_garbage(server):
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    for raw in (b"{", b"\xff\xfe", b"[]", b"null", b'{"input": "a"' + b" " * 10):
+        assert httpx.post(f"{server}/v1/embeddings", content=raw, headers=headers).status_code == 400
+    assert httpx.get(f"{server}/v1/health/ready").status_code == 200
