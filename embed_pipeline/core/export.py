@@ -20,6 +20,7 @@ import inspect
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +149,7 @@ class OnnxEncoder:
         self.dim: int = info["dim"]
         self.max_seq_length: int = info["max_seq_length"]
         self.prompts: dict[str, str] = info.get("prompts", {})
+        self._tokenizing = threading.Lock()  # HF fast tokenizers fail ("Already borrowed") when shared by threads
         self.tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
         self._left_tokenizer = AutoTokenizer.from_pretrained(onnx_dir, truncation_side="left")
         if providers is None:
@@ -157,9 +159,11 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(onnx_dir / ONNX_FILE), providers=providers)
         self._input_names = [i.name for i in self.session.get_inputs()]
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens of each text before truncation (special tokens included)."""
-        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+    def token_counts(self, texts: list[str], truncated: bool = False) -> list[int]:
+        """Tokens of each text (special tokens included), before or after truncation to max_seq_length."""
+        with self._tokenizing:
+            encoded = self.tokenizer(texts, truncation=truncated, max_length=self.max_seq_length if truncated else None)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(self, texts: list[str], batch_size: int = 32, keep_end: bool = False) -> np.ndarray:
         """Return float32 unit-length embeddings, one row per text, truncating to max_seq_length (dropping
@@ -167,14 +171,15 @@ class OnnxEncoder:
         tokenizer = self._left_tokenizer if keep_end else self.tokenizer
         batches = []
         for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="np",
-                return_token_type_ids="token_type_ids" in self._input_names,
-            )
+            with self._tokenizing:
+                tokens = tokenizer(
+                    texts[start : start + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_seq_length,
+                    return_tensors="np",
+                    return_token_type_ids="token_type_ids" in self._input_names,
+                )
             feed = {name: tokens[name].astype(np.int64) for name in self._input_names}
             batches.append(self.session.run([OUTPUT_NAME], feed)[0])
         if not batches:

@@ -152,7 +152,7 @@ def create_app(
         if body.dimensions is not None and body.dimensions < encoder.dim:
             vectors = vectors[:, : body.dimensions]
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        n_tokens = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True)["input_ids"])
+        n_tokens = sum(encoder.token_counts(texts, truncated=True))
         texts_total.inc(len(texts))
         tokens_total.inc(n_tokens)
         data = [
