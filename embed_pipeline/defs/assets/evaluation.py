@@ -61,6 +61,9 @@ def beir_report(
 ):
     """nDCG, Recall, MAP, Precision @1/5/10/100 and MRR@10 for every system on every query set, and the
     blocking gate: a fine-tuned model worse than base is reported but never exported."""
+    folder = GENERAL_OOD if config.regression_beir == "bundled" else Path(config.regression_beir or ".")
+    if config.regression_beir and not (folder / "corpus.jsonl").is_file():  # found out before the long scoring
+        raise ValueError(f"beir_report.regression_beir: {folder} has no corpus.jsonl (a BEIR folder, or 'bundled')")
     if config.gate_metric not in METRIC_NAMES:
         raise ValueError(
             f"beir_report.gate_metric {config.gate_metric!r} is not a reported metric: use one of {METRIC_NAMES}"
@@ -98,7 +101,6 @@ def beir_report(
     report["gate"] = verdict
     regression = None
     if config.regression_beir:
-        folder = GENERAL_OOD if config.regression_beir == "bundled" else Path(config.regression_beir)
         ood = evaluate_on_beir(
             folder,
             {"base": pipeline.base_model_path(), "fine-tuned": finetuned_model["path"]},
