@@ -1,11 +1,14 @@
-# One image for the user-code server, webserver and daemon (see docker-compose.yml).
+# One image for the user-code server, webserver, daemon and embeddings server (see docker-compose.yml).
+# --build-arg EXTRAS=gpu swaps in the CUDA builds (onnxruntime-gpu, faiss-gpu) and TensorRT for GPU hosts.
 FROM python:3.11-slim
+ARG EXTRAS=""
 WORKDIR /app
 ENV HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True DAGSTER_HOME=/opt/dagster/home \
     EMBED_PIPELINE_ARTIFACTS=/data/artifacts PATH=/app/.venv/bin:$PATH
 COPY pyproject.toml requirements.lock ./
 COPY scripts ./scripts
 COPY embed_pipeline ./embed_pipeline
-RUN bash scripts/setup.sh
+RUN bash scripts/setup.sh && if [ "$EXTRAS" = gpu ]; then \
+      pip uninstall -y onnxruntime faiss-cpu && pip install --no-cache-dir -e ".[gpu]"; fi
 COPY workspace.yaml ./
 RUN mkdir -p $DAGSTER_HOME && cp embed_pipeline/instance/dagster.postgres.yaml $DAGSTER_HOME/dagster.yaml

@@ -145,12 +145,23 @@ def run_pipeline(args: argparse.Namespace) -> int:
         )
     else:
         onnx = result.output_for_node("onnx_model")
-        print(f"ONNX model:      {onnx['onnx_file']}  (max |ONNX - PyTorch| = {onnx['max_abs_difference']:.2e})")
+        print(
+            f"ONNX model:      {onnx['onnx_file']}  (min cosine to PyTorch {onnx['min_cosine']:.6f}, "
+            f"max |ONNX - PyTorch| = {onnx['max_abs_difference']:.2e})"
+        )
         int8 = result.output_for_node("onnx_int8_model")
         print(
             f"ONNX int8 model: {int8['onnx_file']}  (min cosine to PyTorch {int8['min_cosine']:.4f}, "
             f"nDCG@10 {-int8['ndcg@10_drop_vs_fp32']:+.4f} vs fp32 on the test questions)"
         )
+        from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason
+
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            print(f"TensorRT engine: not built: {reason}")
+        else:
+            engine = result.output_for_node("tensorrt_engine")
+            print(f"TensorRT engine: {engine['path']}  (min cosine to PyTorch {engine['min_cosine']:.4f})")
     print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     if args.json:
         print(json.dumps(report))
@@ -176,10 +187,39 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
 
 
+SERVE_ENV_PREFIX = "EMBED_SERVE_"
+
+
+def _flags_from_environment(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """Let every flag of `parser` be set by the environment variable PREFIX + FLAG (e.g. EMBED_SERVE_PORT for
+    --port; lists comma-separated), for containers; a flag given on the command line wins."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        variable = prefix + action.dest.upper()
+        action.help = f"{action.help or ''} [env: {variable}]".strip()
+        if variable in os.environ:
+            value = os.environ[variable]
+            # argparse converts a string default with the flag's type; a list default is left as is.
+            action.default = [v for v in value.replace(",", " ").split()] if action.nargs == "+" else value
+            action.required = False
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from embed_pipeline.serving.app import create_app
+
+    if args.dimensions:
+        try:
+            args.dimensions = [int(d) for d in args.dimensions]
+        except ValueError:
+            print(
+                f"error: dimensions {args.dimensions} must be whole numbers (--dimensions 64 128, or "
+                f"{SERVE_ENV_PREFIX}DIMENSIONS=64,128)",
+                file=sys.stderr,
+            )
+            return 2
 
     api_key = None
     if args.api_key_env:
@@ -196,6 +236,7 @@ def serve(args: argparse.Namespace) -> int:
             allowed_dimensions=args.dimensions,
             max_body_bytes=args.max_body_bytes,
             batch_wait_ms=args.batch_wait_ms,
+            max_batch_texts=args.max_batch_texts,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -249,9 +290,8 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from embed_pipeline.defs.resources import SAMPLE_CORPUS
-
+def build_parser() -> argparse.ArgumentParser:
+    """The `embed-pipeline` command line: run, demo, serve and eval."""
     parser = argparse.ArgumentParser(prog="embed-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="Materialize every asset on your documents.")
@@ -274,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="How long a request waits for others to be encoded with."
     )
+    server.add_argument("--max-batch-texts", type=int, default=128, help="Most texts one dynamic batch gathers.")
+    _flags_from_environment(server, SERVE_ENV_PREFIX)
     scorer = commands.add_parser(
         "eval", help="Score models (id or folder, ONNX export, or /v1/embeddings URL) on a BEIR folder."
     )
@@ -293,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     scorer.add_argument("--out", help="Also write the report JSON to this file.")
     scorer.add_argument("--html", help="Also write the report as a self-contained HTML page to this file.")
     scorer.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from embed_pipeline.defs.resources import SAMPLE_CORPUS
+
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
     if args.command == "eval":

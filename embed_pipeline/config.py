@@ -172,7 +172,12 @@ class EvaluationConfig(dg.Config):
 
 class ExportConfig(dg.Config):
     opset: int = Field(default=17, description="ONNX opset.")
-    parity_tolerance: float = Field(default=1e-4, description="Max abs difference allowed against PyTorch.")
+    fuse: bool = Field(
+        default=True, description="Rewrite the graph with onnxruntime's fused transformer kernels (faster on CPU)."
+    )
+    min_cosine: float = Field(
+        default=0.9999, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
+    )
 
 
 class Int8ExportConfig(dg.Config):
@@ -181,6 +186,14 @@ class Int8ExportConfig(dg.Config):
     )
     max_ndcg_drop: float = Field(
         default=0.005, description="Largest nDCG@10 loss against the fp32 export on the test questions (asset check)."
+    )
+
+
+class TensorRTConfig(dg.Config):
+    fp16: bool = Field(default=True, description="Build the TensorRT engine in fp16 (fp32 when false).")
+    max_batch: int = Field(default=64, description="Largest batch the engine's shape profile covers.")
+    min_cosine: float = Field(
+        default=0.999, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
     )
 
 
@@ -194,6 +207,7 @@ ASSET_CONFIGS: dict[str, type[dg.Config]] = {
     "beir_report": EvaluationConfig,
     "onnx_model": ExportConfig,
     "onnx_int8_model": Int8ExportConfig,
+    "tensorrt_engine": TensorRTConfig,
 }
 
 

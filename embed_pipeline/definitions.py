@@ -16,7 +16,9 @@ from embed_pipeline.defs.resources import (  # noqa: E402
     default_pipeline_resource,
 )
 
-ALL_ASSETS = dg.load_assets_from_modules([corpus, questions, model, evaluation, export])
+_MODULES = [corpus, questions, model, evaluation, export]
+# Assets and their stand-alone checks (most checks are specs on their asset); both go to dg.materialize.
+ALL_ASSETS = [*dg.load_assets_from_modules(_MODULES), *dg.load_asset_checks_from_modules(_MODULES)]
 
 
 def build_resources(pipeline: PipelineResource, device: str = "auto") -> dict:

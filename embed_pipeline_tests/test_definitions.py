@@ -8,7 +8,7 @@ import yaml
 from embed_pipeline.definitions import defs
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_STEPS = {"hard_negatives", "finetuned_model", "beir_report", "onnx_model", "onnx_int8_model"}
+GPU_STEPS = {"hard_negatives", "finetuned_model", "beir_report", "onnx_model", "onnx_int8_model", "tensorrt_engine"}
 
 
 def test_dagster_definitions_validate_loads_the_code_location(tmp_path):
@@ -48,6 +48,7 @@ def test_lineage_and_gpu_pool():
         "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model"},
         "onnx_model": {"finetuned_model", "chunked_corpus", "beir_report"},  # behind the blocking gates
         "onnx_int8_model": {"finetuned_model", "onnx_model", "chunked_corpus", "qa_splits"},
+        "tensorrt_engine": {"finetuned_model", "chunked_corpus", "beir_report"},
     }
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     assert {k for k, p in pools.items() if p == {"gpu"}} == GPU_STEPS

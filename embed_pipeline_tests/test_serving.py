@@ -4,8 +4,11 @@ import base64
 import concurrent.futures
 import contextlib
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -47,9 +50,14 @@ def _serving(app):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    onnx_dir = tmp_path_factory.mktemp("onnx") / "model"
-    export_onnx(base_model_path(None), onnx_dir)
+def onnx_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx") / "model"
+    export_onnx(base_model_path(None), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(onnx_dir):
     app = create_app(
         onnx_dir,
         model_name="minilm-test",
@@ -252,3 +260,56 @@ def test_server_still_answers_after_the_fuzz_run_and_raw_garbage(server):
     for raw in (b"{", b"\xff\xfe", b"[]", b"null", b'{"input": "a"' + b" " * 10):
         assert httpx.post(f"{server}/v1/embeddings", content=raw, headers=headers).status_code == 400
     assert httpx.get(f"{server}/v1/health/ready").status_code == 200
+
+
+def test_serve_command_is_configured_by_environment_variables_alone(onnx_dir, reference, tmp_path):
+    """The container's way: `embed-pipeline serve` with no flags, every setting from EMBED_SERVE_*."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "EMBED_SERVE_MODEL": str(onnx_dir),
+        "EMBED_SERVE_PORT": str(port),
+        "EMBED_SERVE_NAME": "from-env",
+        "EMBED_SERVE_DIMENSIONS": "64,384",
+        "EMBED_SERVE_API_KEY_ENV": "MY_TOKEN",
+        "MY_TOKEN": TOKEN,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embed_pipeline.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v1/health/ready", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        ready = httpx.get(f"{url}/v1/health/ready").json()
+        assert ready["model"] == "from-env" and ready["dimensions"] == [64, 384]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN)
+        vectors = client.embeddings.create(model="from-env", input=TEXTS[:1], dimensions=64).data[0].embedding
+        expected = reference[0][:64] / np.linalg.norm(reference[0][:64])
+        assert np.abs(np.array(vectors) - expected).max() < 1e-4
+        assert httpx.get(f"{url}/v1/models").status_code == 401  # the token from MY_TOKEN is required
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_bad_environment_setting_is_named(onnx_dir, monkeypatch, capsys):
+    monkeypatch.setenv("EMBED_SERVE_MODEL", str(onnx_dir))
+    monkeypatch.setenv("EMBED_SERVE_PORT", "eighty")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve"])
+    assert exited.value.code == 2
+    assert "argument --port: invalid int value: 'eighty'" in capsys.readouterr().err
+    monkeypatch.setenv("EMBED_SERVE_PORT", "8000")
+    monkeypatch.setenv("EMBED_SERVE_DIMENSIONS", "64,all")
+    assert main(["serve"]) == 2
+    assert "EMBED_SERVE_DIMENSIONS=64,128" in capsys.readouterr().err

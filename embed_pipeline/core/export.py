@@ -1,15 +1,19 @@
-"""ONNX export of a sentence-transformers model with mean pooling and L2 normalisation in the graph.
+"""ONNX export of a sentence-transformers model with mean pooling, Matryoshka truncation and L2
+normalisation in the graph.
 
 sentence-transformers' own ONNX backend exports only the transformer, leaving pooling to the
 caller; here the graph maps token ids straight to the normalised sentence embedding, so any ONNX
-runtime serves the same vectors as PyTorch.
+runtime serves the same vectors as PyTorch. A scalar input ``dimensions`` (the full size, or less
+for Matryoshka-trained models) keeps the first ``dimensions`` components before normalising. Attention is traced in its
+plain (eager) form, which onnxruntime's transformer optimizer fuses into its Attention,
+SkipLayerNormalization and BiasGelu kernels: about 1.5x faster on CPU in fp32 and 1.7x in int8.
 
 Example::
 
     onnx_path = export_onnx("models/finetuned", "models/finetuned-onnx")
     encoder = OnnxEncoder("models/finetuned-onnx")
-    vectors = encoder.encode(["how do I rotate a key?"])  # float32, unit length
-    assert parity("models/finetuned", "models/finetuned-onnx", texts)["max_abs_difference"] < 1e-4
+    vectors = encoder.encode(["how do I rotate a key?"], dimensions=128)  # float32, unit length
+    assert parity("models/finetuned", "models/finetuned-onnx", texts)["min_cosine"] > 0.9999
     quantize_int8("models/finetuned-onnx", "models/finetuned-onnx-int8")  # ~4x smaller, faster on CPU
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -28,13 +33,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8"]
+__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8", "tensorrt_options"]
 
 EXPORT_INFO = "export.json"
 ONNX_FILE = "model.onnx"
 OUTPUT_NAME = "sentence_embedding"
+DIMENSIONS_INPUT = "dimensions"
 
 # sentence-transformers <5 wrote one boolean per pooling mode; >=5 writes "pooling_mode".
 _LEGACY_POOLING_KEYS = {
@@ -48,10 +54,11 @@ _LEGACY_POOLING_KEYS = {
 
 
 class PooledEncoder(torch.nn.Module):
-    """A Hugging Face encoder followed by attention-mask mean pooling and L2 normalisation.
+    """A Hugging Face encoder followed by attention-mask mean pooling, truncation to the first
+    ``dimensions`` components and L2 normalisation.
 
-    Mirrors sentence-transformers' ``Transformer -> Pooling(mean) -> Normalize`` so the exported
-    graph returns the vectors the PyTorch model does.
+    Mirrors sentence-transformers' ``Transformer -> Pooling(mean) -> Normalize`` (and ``truncate_dim``)
+    so the exported graph returns the vectors the PyTorch model does.
     """
 
     def __init__(self, transformer: PreTrainedModel) -> None:
@@ -62,6 +69,7 @@ class PooledEncoder(torch.nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        dimensions: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -71,18 +79,20 @@ class PooledEncoder(torch.nn.Module):
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
         summed = (tokens * mask).sum(dim=1)
         counts = mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
+        return torch.nn.functional.normalize((summed / counts)[:, :dimensions], p=2, dim=1)
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> Path:
+def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17, fuse: bool = True) -> Path:
     """Export the sentence-transformers folder ``model_dir`` to ``out_dir/model.onnx``.
 
-    Writes ``model.onnx`` (inputs ``input_ids``, ``attention_mask`` and, when the model takes
-    them, ``token_type_ids``; output ``sentence_embedding``, dynamic batch and sequence axes), the
-    tokenizer files, and ``export.json`` (source, opset, dim, max_seq_length). ``out_dir`` is built
-    in a temporary sibling folder and renamed into place, so readers never see a half-written
-    export. The output is always L2-normalised, even for a model without a ``Normalize`` module,
-    because the pipeline only ever serves normalised vectors. Raises ``ValueError`` for a model
+    Writes ``model.onnx`` (inputs ``input_ids``, ``attention_mask``, the int64 scalar ``dimensions``
+    and, when the model takes them, ``token_type_ids``; output ``sentence_embedding``, dynamic
+    batch and sequence axes), the tokenizer files, and ``export.json`` (source, opset, dim,
+    max_seq_length, prompts, fusions). With ``fuse`` the graph is rewritten with onnxruntime's fused
+    transformer kernels (onnxruntime-only operators: leave it off for other runtimes, e.g. TensorRT).
+    ``out_dir`` is built in a temporary sibling folder and renamed into place, so readers never see a
+    half-written export. The output is always L2-normalised, even for a model without a ``Normalize``
+    module, because the pipeline only ever serves normalised vectors. Raises ``ValueError`` for a model
     whose modules this export cannot reproduce (non-mean pooling, Dense layers, ...).
     """
     model_dir = Path(model_dir)
@@ -91,37 +101,42 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> 
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.model_max_length = max_seq_length
-    transformer = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # Eager attention traces to plain MatMul/Softmax, which the optimizer fuses; the SDPA trace does not fuse.
+    transformer = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     encoder = PooledEncoder(transformer).eval()
 
-    input_names = ["input_ids", "attention_mask"]
+    token_inputs = ["input_ids", "attention_mask"]
     if "token_type_ids" in inspect.signature(transformer.forward).parameters:
-        input_names.append("token_type_ids")
+        token_inputs.append("token_type_ids")
     # Two texts of different lengths, so the trace sees padding and a batch larger than one.
     sample = tokenizer(
         ["a short text", "a somewhat longer text to pad the other one"],
         padding=True,
         return_tensors="pt",
-        return_token_type_ids="token_type_ids" in input_names,
+        return_token_type_ids="token_type_ids" in token_inputs,
     )
-    args = tuple(sample[name] for name in input_names)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
+    dim = int(transformer.config.hidden_size)
+    # Positional order of PooledEncoder.forward: ids, mask, dimensions, [token types].
+    input_names = [*token_inputs[:2], DIMENSIONS_INPUT, *token_inputs[2:]]
+    args = tuple(torch.tensor(dim) if name == DIMENSIONS_INPUT else sample[name] for name in input_names)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in token_inputs}
+    dynamic_axes[OUTPUT_NAME] = {0: "batch", 1: "dimensions"}
 
     with _staging(out_dir) as staging:
+        onnx_path = staging / ONNX_FILE
         with torch.no_grad():
-            dim = int(encoder(*args).shape[1])
             torch.onnx.export(
                 encoder,
                 args,
-                str(staging / ONNX_FILE),
+                str(onnx_path),
                 input_names=input_names,
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 dynamo=False,
             )
-        onnx.checker.check_model(str(staging / ONNX_FILE))
+        fusions = _fuse(onnx_path, transformer.config) if fuse else {}
+        onnx.checker.check_model(str(onnx_path))
         tokenizer.save_pretrained(staging)
         info = {
             "source_model": str(model_dir.resolve()),
@@ -132,15 +147,34 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> 
             "output": OUTPUT_NAME,
             "normalized": True,
             "prompts": _prompts(model_dir),
+            "fused": fusions,
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir / ONNX_FILE
 
 
-class OnnxEncoder:
-    """Encode texts with an ``export_onnx`` folder through onnxruntime (CUDA when available)."""
+def _fuse(onnx_path: Path, config: PretrainedConfig) -> dict[str, int]:
+    """Rewrite the graph in place with onnxruntime's fused BERT-family kernels; return the fusions made.
 
-    def __init__(self, onnx_dir: str | Path, providers: list[str] | None = None) -> None:
+    Only matched subgraphs are replaced, so an architecture the optimizer does not know keeps its
+    plain operators (and the parity checks still compare every export with PyTorch)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if not heads or not hidden:
+        return {}
+    optimized = optimize_model(
+        str(onnx_path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1, use_gpu=False
+    )
+    optimized.save_model_to_file(str(onnx_path))
+    return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+
+
+class OnnxEncoder:
+    """Encode texts with an ``export_onnx`` folder through onnxruntime: the TensorRT provider for a folder
+    holding a TensorRT engine (``build_tensorrt_engine``), CUDA when present, else the CPU."""
+
+    def __init__(self, onnx_dir: str | Path, providers: list | None = None) -> None:
         onnx_dir = Path(onnx_dir)
         info_path = onnx_dir / EXPORT_INFO
         if not info_path.is_file():
@@ -152,10 +186,7 @@ class OnnxEncoder:
         self._tokenizing = threading.Lock()  # HF fast tokenizers fail ("Already borrowed") when shared by threads
         self.tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
         self._left_tokenizer = AutoTokenizer.from_pretrained(onnx_dir, truncation_side="left")
-        if providers is None:
-            providers = ["CPUExecutionProvider"]
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+        providers = providers or _providers(onnx_dir, info)
         self.session = ort.InferenceSession(str(onnx_dir / ONNX_FILE), providers=providers)
         self._input_names = [i.name for i in self.session.get_inputs()]
 
@@ -165,26 +196,78 @@ class OnnxEncoder:
             encoded = self.tokenizer(texts, truncation=truncated, max_length=self.max_seq_length if truncated else None)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def encode(self, texts: list[str], batch_size: int = 32, keep_end: bool = False) -> np.ndarray:
-        """Return float32 unit-length embeddings, one row per text, truncating to max_seq_length (dropping
-        the start of an over-long text instead of its end with `keep_end`)."""
+    def encode(
+        self, texts: list[str], batch_size: int = 32, keep_end: bool = False, dimensions: int | None = None
+    ) -> np.ndarray:
+        """Return float32 unit-length embeddings, one row per text, of the first ``dimensions`` components
+        (default: all), truncating to max_seq_length (dropping the start of an over-long text instead of its
+        end with `keep_end`). Texts are batched by length, so little compute goes to padding."""
+        if dimensions is not None and not 0 < dimensions <= self.dim:
+            raise ValueError(f"dimensions={dimensions} must lie in 1..{self.dim}")
+        if dimensions is not None and dimensions < self.dim and DIMENSIONS_INPUT not in self._input_names:
+            raise ValueError("this export has no 'dimensions' input; re-export it with export_onnx")
         tokenizer = self._left_tokenizer if keep_end else self.tokenizer
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         batches = []
         for start in range(0, len(texts), batch_size):
             with self._tokenizing:
                 tokens = tokenizer(
-                    texts[start : start + batch_size],
+                    [texts[i] for i in order[start : start + batch_size]],
                     padding=True,
                     truncation=True,
                     max_length=self.max_seq_length,
                     return_tensors="np",
                     return_token_type_ids="token_type_ids" in self._input_names,
                 )
-            feed = {name: tokens[name].astype(np.int64) for name in self._input_names}
+            feed = {name: tokens[name].astype(np.int64) for name in self._input_names if name in tokens}
+            if DIMENSIONS_INPUT in self._input_names:
+                feed[DIMENSIONS_INPUT] = np.array(dimensions or self.dim, dtype=np.int64)
             batches.append(self.session.run([OUTPUT_NAME], feed)[0])
         if not batches:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(batches).astype(np.float32, copy=False)
+            return np.zeros((0, dimensions or self.dim), dtype=np.float32)
+        vectors = np.empty((len(texts), batches[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(batches)
+        return vectors
+
+
+def _providers(onnx_dir: Path, info: dict) -> list:
+    """onnxruntime execution providers for an export, fastest first: TensorRT (with the folder's prebuilt
+    engines and their shape profile) when the folder holds them, CUDA when present, then the CPU."""
+    available = ort.get_available_providers()
+    providers: list = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    trt = info.get("tensorrt")
+    if trt and "TensorrtExecutionProvider" in available:
+        providers.insert(0, ("TensorrtExecutionProvider", tensorrt_options(onnx_dir, info)))
+    elif trt:
+        logging.getLogger(__name__).warning(
+            "%s holds a TensorRT engine but this onnxruntime has no TensorRT provider (install the gpu extra on "
+            "a CUDA host); running the ONNX model on %s instead",
+            onnx_dir,
+            providers[0],
+        )
+    return providers
+
+
+def tensorrt_options(onnx_dir: Path, info: dict) -> dict[str, str | bool]:
+    """TensorRT provider options: engines cached in the folder, one shape profile from a single short text
+    to ``max_batch`` texts of max_seq_length tokens (so no shape triggers a rebuild), fp16 when recorded."""
+    trt, length = info["tensorrt"], info["max_seq_length"]
+    token_inputs = [name for name in info["inputs"] if name != DIMENSIONS_INPUT]
+
+    def shapes(batch: int, tokens: int) -> str:
+        return ",".join(f"{name}:{batch}x{tokens}" for name in token_inputs)
+
+    return {
+        "trt_fp16_enable": bool(trt["fp16"]),
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(Path(onnx_dir).resolve() / trt["engine_dir"]),
+        "trt_timing_cache_enable": True,
+        "trt_profile_min_shapes": shapes(1, 1),
+        "trt_profile_opt_shapes": shapes(max(1, trt["max_batch"] // 4), max(1, length // 2)),
+        "trt_profile_max_shapes": shapes(trt["max_batch"], length),
+    }
 
 
 def parity(model_dir: str | Path, onnx_dir: str | Path, texts: list[str]) -> dict[str, float]:
@@ -232,6 +315,8 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=reduce_range,
+            # Fused (contrib) operators defeat shape inference; their outputs are float32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         info["quantization"] = {"method": "dynamic int8", "per_channel": True, "reduce_range": reduce_range}
         info["source_onnx"] = str(onnx_dir.resolve())

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible `/v1/embeddings` server over an ONNX export (onnxruntime; CUDA when present).
+"""An OpenAI-compatible `/v1/embeddings` server over an ONNX export (onnxruntime: TensorRT or CUDA when present).
 
 The contract in the design notes: OpenAI request/response and error envelope, `encoding_format`
 float/base64, `dimensions` (truncate + re-normalise; sizes from `allowed_dimensions`), `input_type`
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -82,7 +81,7 @@ def create_app(
         registry=registry,
     )
     batcher = DynamicBatcher(
-        lambda texts, keep_end: encoder.encode(texts, batch_size=32, keep_end=keep_end),
+        lambda texts, options: encoder.encode(texts, batch_size=32, keep_end=options[0], dimensions=options[1]),
         wait_ms=batch_wait_ms,
         max_texts=max_batch_texts,
         on_batch=batch_texts.observe,
@@ -148,10 +147,8 @@ def create_app(
                         "send truncate=END (or START).",
                         "input",
                     )
-        vectors = batcher.encode(texts, keep_end=body.truncate == "START")
-        if body.dimensions is not None and body.dimensions < encoder.dim:
-            vectors = vectors[:, : body.dimensions]
-            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        # Truncation to `dimensions` and re-normalisation happen in the ONNX graph.
+        vectors = batcher.encode(texts, options=(body.truncate == "START", body.dimensions))
         n_tokens = sum(encoder.token_counts(texts, truncated=True))
         texts_total.inc(len(texts))
         tokens_total.inc(n_tokens)

@@ -1,0 +1,58 @@
+"""docker-compose.yml and the Dockerfile, checked against the code they run (no Docker engine here)."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from embed_pipeline.cli import SERVE_ENV_PREFIX, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_embeddings_service_settings_are_real_serve_flags():
+    service = _compose()["services"]["embeddings"]
+    serve_flags = set(vars(build_parser().parse_args(["serve", "--model", "m"])))
+    settings = {
+        k.removeprefix(SERVE_ENV_PREFIX).lower() for k in service["environment"] if k.startswith(SERVE_ENV_PREFIX)
+    }
+
+    assert service["command"] == ["embed-pipeline", "serve"]
+    assert settings <= serve_flags, settings - serve_flags
+    assert {"model", "host", "port"} <= settings
+    port = service["environment"]["EMBED_SERVE_PORT"]
+    assert service["ports"] == [f"{port}:{port}"]
+    assert f"127.0.0.1:{port}/v1/health/ready" in " ".join(service["healthcheck"]["test"])
+    # The server reads exports the pipeline wrote; it never writes the shared artifacts volume.
+    assert service["volumes"] == ["artifacts:/data/artifacts:ro"]
+
+
+def test_gpu_variant_reserves_a_gpu_and_builds_the_gpu_extra():
+    compose = _compose()
+    gpu, cpu = compose["services"]["embeddings-gpu"], compose["services"]["embeddings"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["command"] == cpu["command"] and gpu["environment"] == cpu["environment"]
+    assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["serve"]  # neither starts with the Dagster stack
+    assert gpu["build"]["args"] == {"EXTRAS": "gpu"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG EXTRAS=", dockerfile, re.M) and '-e ".[gpu]"' in dockerfile
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert {e.split("==")[0] for e in extras} == {"onnxruntime-gpu", "faiss-gpu", "tensorrt"}
+
+
+def test_every_named_volume_a_service_mounts_is_declared():
+    compose = _compose()
+    mounted = {
+        v.split(":")[0]
+        for service in compose["services"].values()
+        for v in service.get("volumes", [])
+        if not v.startswith((".", "/", "$"))
+    }
+    assert mounted == set(compose["volumes"])
