@@ -312,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="Largest request body (413 above).")
     server.add_argument(
-        "--batch-wait-ms", type=float, default=5.0, help="How long a request waits for others to be encoded with."
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="How long a request waits for others to be encoded with; 0: only those that queued while the model "
+        "was busy (continuous batching).",
     )
     server.add_argument("--max-batch-texts", type=int, default=128, help="Most texts one dynamic batch gathers.")
     _flags_from_environment(server, SERVE_ENV_PREFIX)

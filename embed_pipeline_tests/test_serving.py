@@ -20,6 +20,7 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
 
 from embed_pipeline.cli import main
 from embed_pipeline.core.device import base_model_path
@@ -80,7 +81,13 @@ def test_openai_client_gets_the_checkpoint_vectors(server, reference):
     response = client.embeddings.create(model="minilm-test", input=TEXTS)
     got = np.array([d.embedding for d in response.data])
     assert np.abs(got - reference).max() < 1e-4
-    assert response.usage.prompt_tokens > 0 and response.model == "minilm-test"
+    assert response.model == "minilm-test"
+    # Usage counts the tokens the model read, special tokens included, after truncation to its 256.
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path(None))
+    long_text = "word " * 400
+    expected = sum(len(ids) for ids in tokenizer(TEXTS)["input_ids"]) + 256
+    usage = client.embeddings.create(model="minilm-test", input=[*TEXTS, long_text]).usage
+    assert usage.prompt_tokens == usage.total_tokens == expected
 
 
 def test_base64_and_dimensions_are_truncated_and_renormalised(server, reference):

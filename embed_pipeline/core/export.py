@@ -190,10 +190,10 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(onnx_dir / ONNX_FILE), providers=providers)
         self._input_names = [i.name for i in self.session.get_inputs()]
 
-    def token_counts(self, texts: list[str], truncated: bool = False) -> list[int]:
-        """Tokens of each text (special tokens included), before or after truncation to max_seq_length."""
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text (special tokens included) before truncation to max_seq_length."""
         with self._tokenizing:
-            encoded = self.tokenizer(texts, truncation=truncated, max_length=self.max_seq_length if truncated else None)
+            encoded = self.tokenizer(texts)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(
@@ -202,17 +202,26 @@ class OnnxEncoder:
         """Return float32 unit-length embeddings, one row per text, of the first ``dimensions`` components
         (default: all), truncating to max_seq_length (dropping the start of an over-long text instead of its
         end with `keep_end`). Texts are batched by length, so little compute goes to padding."""
+        return self.embed(texts, batch_size, keep_end, dimensions)[0]
+
+    def embed(
+        self, texts: list[str], batch_size: int = 32, keep_end: bool = False, dimensions: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``encode``'s embeddings and, from the same tokenization, each text's token count after truncation
+        (what a server bills as usage)."""
         if dimensions is not None and not 0 < dimensions <= self.dim:
             raise ValueError(f"dimensions={dimensions} must lie in 1..{self.dim}")
         if dimensions is not None and dimensions < self.dim and DIMENSIONS_INPUT not in self._input_names:
             raise ValueError("this export has no 'dimensions' input; re-export it with export_onnx")
         tokenizer = self._left_tokenizer if keep_end else self.tokenizer
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        batches = []
+        vectors = np.zeros((len(texts), dimensions or self.dim), dtype=np.float32)
+        counts = np.zeros(len(texts), dtype=np.int64)
         for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
             with self._tokenizing:
                 tokens = tokenizer(
-                    [texts[i] for i in order[start : start + batch_size]],
+                    [texts[i] for i in rows],
                     padding=True,
                     truncation=True,
                     max_length=self.max_seq_length,
@@ -222,12 +231,9 @@ class OnnxEncoder:
             feed = {name: tokens[name].astype(np.int64) for name in self._input_names if name in tokens}
             if DIMENSIONS_INPUT in self._input_names:
                 feed[DIMENSIONS_INPUT] = np.array(dimensions or self.dim, dtype=np.int64)
-            batches.append(self.session.run([OUTPUT_NAME], feed)[0])
-        if not batches:
-            return np.zeros((0, dimensions or self.dim), dtype=np.float32)
-        vectors = np.empty((len(texts), batches[0].shape[1]), dtype=np.float32)
-        vectors[order] = np.concatenate(batches)
-        return vectors
+            vectors[rows] = self.session.run([OUTPUT_NAME], feed)[0]
+            counts[rows] = tokens["attention_mask"].sum(axis=1)
+        return vectors, counts
 
 
 def _providers(onnx_dir: Path, info: dict) -> list:
