@@ -53,7 +53,7 @@ def test_export_writes_a_valid_self_describing_folder(exported: Path) -> None:
     }
     assert [o.name for o in model.graph.output] == ["sentence_embedding"]
     # The six attention blocks were rewritten into onnxruntime's fused kernels.
-    assert info["fused"]["Attention"] == 6 and info["fused"]["SkipLayerNormalization"] == 12
+    assert info["fused"]["Attention"] == 6 and info["fused"]["BiasGelu"] == 6
     assert info["dim"] == 384
     assert info["max_seq_length"] == 256
     assert info["opset"] == 17
