@@ -85,12 +85,18 @@ def _run_config(args: argparse.Namespace) -> dict:
 def run_pipeline(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from embed_pipeline.definitions import ALL_ASSETS, build_resources
+    from embed_pipeline.core.versions import check_version_name, corpus_version_key
+    from embed_pipeline.definitions import materialize_version
     from embed_pipeline.defs.resources import PipelineResource
 
     docs = Path(args.docs)
     if not docs.exists():
         print(f"error: --docs {docs} does not exist", file=sys.stderr)
+        return 2
+    try:
+        version = check_version_name(args.corpus_version) if args.corpus_version else corpus_version_key(docs)
+    except ValueError as exc:
+        print(f"error: --corpus-version: {exc}", file=sys.stderr)
         return 2
     if args.eval_beir and not Path(args.eval_beir, "queries.jsonl").exists():
         print(
@@ -112,12 +118,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     instance = _instance(out)
     logging.setLoggerClass(_ConsoleLogger)
     try:
-        result = dg.materialize(
-            ALL_ASSETS,
-            resources=build_resources(pipeline, device=args.device),
-            run_config=run_config,
-            instance=instance,
-            raise_on_error=False,
+        result = materialize_version(
+            version, pipeline, instance, device=args.device, run_config=run_config, raise_on_error=False
         )
     except dg.DagsterInvalidConfigError as exc:
         print(f"\nerror: invalid configuration: {exc}", file=sys.stderr)
@@ -162,6 +164,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         else:
             engine = result.output_for_node("tensorrt_engine")
             print(f"TensorRT engine: {engine['path']}  (min cosine to PyTorch {engine['min_cosine']:.4f})")
+    print(f"corpus version:  {version}  (artifacts in {pipeline.version_artifacts(version)})")
     print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     if args.json:
         print(json.dumps(report))
@@ -185,6 +188,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=["raise", "skip"], help="Bad documents: stop (default) or skip.")
     parser.add_argument("--log-level", default="INFO", help="Dagster console log level (DEBUG shows every event).")
     parser.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")
+    parser.add_argument(
+        "--corpus-version",
+        help="Name of this corpus version (letters, digits, . _ -); default: the documents' content hash, c-....",
+    )
 
 
 SERVE_ENV_PREFIX = "EMBED_SERVE_"

@@ -27,6 +27,8 @@ def test_missing_docs_path_and_bad_eval_folder_are_reported_before_any_work(tmp_
     (tmp_path / "doc.md").write_text("some text " * 20)
     assert main(["run", "--docs", str(tmp_path / "doc.md"), "--eval-beir", str(tmp_path)]) == 2
     assert "queries.jsonl" in capsys.readouterr().err
+    assert main(["run", "--docs", str(tmp_path / "doc.md"), "--corpus-version", "../v1"]) == 2
+    assert "--corpus-version: corpus version '../v1' is not a valid name" in capsys.readouterr().err
 
 
 def test_unreadable_config_file_is_named(tmp_path, capsys):

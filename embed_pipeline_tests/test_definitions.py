@@ -6,6 +6,7 @@ import dagster as dg
 import yaml
 
 from embed_pipeline.definitions import defs
+from embed_pipeline.defs.partitions import corpus_versions
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_STEPS = {"hard_negatives", "finetuned_model", "beir_report", "onnx_model", "onnx_int8_model", "tensorrt_engine"}
@@ -61,3 +62,17 @@ def test_instance_config_limits_every_pool_to_one_slot(tmp_path):
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_every_asset_is_partitioned_by_corpus_version_and_the_automation_targets_them():
+    graph = defs.resolve_asset_graph()
+    assert {graph.get(key).partitions_def for key in graph.get_all_asset_keys()} == {corpus_versions}
+    job = defs.resolve_job_def("train_corpus_version")
+    assert job.partitions_def == corpus_versions
+    assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {
+        key.to_user_string() for key in graph.get_all_asset_keys()
+    }
+    sensor, schedule = defs.resolve_sensor_def("documents_sensor"), defs.resolve_schedule_def("retrain_latest_version")
+    assert sensor.job_name == schedule.job_name == "train_corpus_version"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # watching the documents from the start
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED and schedule.cron_schedule == "0 3 * * 0"

@@ -1,10 +1,12 @@
-"""A grown corpus pays the LLM only for its new chunks (Dagster assets, real litellm path, local server)."""
+"""A new corpus version pays the LLM only for its new chunks (Dagster assets, real litellm path, local server)."""
 
 import re
 
 import dagster as dg
+import pandas as pd
 
-from embed_pipeline.definitions import ALL_ASSETS, build_resources
+from embed_pipeline.core.versions import corpus_version_key
+from embed_pipeline.definitions import materialize_version
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
@@ -16,42 +18,42 @@ def _write_doc(folder, i: int, topic: str) -> None:
     (folder / f"doc{i}.md").write_text(f"# Study {i} on {topic}\n\n{sentences}\n")
 
 
-def test_adding_a_document_sends_only_its_chunks_to_the_llm(tmp_path):
+def test_two_corpus_versions_share_cached_questions_for_their_shared_chunks(tmp_path):
+    """Two versions (the documents before and after one was added), built one after the other as a backfill
+    builds them: the second calls the LLM for its new chunks only, and the first keeps its own artifacts."""
     docs = tmp_path / "docs"
     docs.mkdir()
     for i, topic in enumerate(TOPICS[:3]):
         _write_doc(docs, i, topic)
+    first_version = corpus_version_key(docs)
+    _write_doc(docs, 3, TOPICS[3])
+    second_version = corpus_version_key(docs)
+    (docs / "doc3.md").rename(tmp_path / "doc3.md")  # back to the first version's documents
+    assert corpus_version_key(docs) == first_version != second_version
 
     def answer(prompt: str) -> str:
         study = re.search(r"Study (\d+) on", prompt).group(1)
         return question_json(f"Which marker did study {study} report for its main finding?")
 
     selection = ["raw_documents", "chunked_corpus", "synthetic_qa"]
-    pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "artifacts"))
+    artifacts = tmp_path / "artifacts"
+    pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(artifacts))
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
         # The stub's questions are near-identical by design: the filters are not under test here.
         llm = {"model": "openai/stub", "api_base": server.url, "roundtrip": "none", "dedup_threshold": None}
         run_config = {"ops": {"synthetic_qa": {"config": llm}}}
 
-        def materialize():
-            return dg.materialize(
-                ALL_ASSETS,
-                selection=selection,
-                resources=build_resources(pipeline, device="cpu"),
-                run_config=run_config,
-                instance=instance,
-            )
-
-        first = materialize()
+        first = materialize_version(first_version, pipeline, instance, selection=selection, run_config=run_config)
         n_first = len(server.requests)
         chunks_before = set(first.output_for_node("chunked_corpus")["chunk_id"])
         assert n_first == len(chunks_before) > 0
 
-        _write_doc(docs, 3, TOPICS[3])
-        second = materialize()
+        (tmp_path / "doc3.md").rename(docs / "doc3.md")
+        second = materialize_version(second_version, pipeline, instance, selection=selection, run_config=run_config)
         chunks_after = second.output_for_node("chunked_corpus")
         new_chunks = chunks_after[~chunks_after["chunk_id"].isin(chunks_before)]
         new_prompts = server.requests[n_first:]
+        assert instance.get_dynamic_partitions("corpus_versions") == [first_version, second_version]
 
     assert set(new_chunks["doc_id"]) == {"doc3.md"}
     assert len(new_prompts) == len(new_chunks)
@@ -62,6 +64,11 @@ def test_adding_a_document_sends_only_its_chunks_to_the_llm(tmp_path):
     metadata = next(e for e in events if e.asset_key.path == ["synthetic_qa"]).materialization.metadata
     assert metadata["llm_calls_cached"].value == len(chunks_before)
     assert metadata["llm_calls_made"].value == len(new_chunks)
+    # Each version keeps its own pinned documents and artifacts.
+    first_dir, second_dir = artifacts / "versions" / first_version, artifacts / "versions" / second_version
+    assert sorted(p.name for p in (first_dir / "documents").iterdir()) == ["doc0.md", "doc1.md", "doc2.md"]
+    assert (second_dir / "documents" / "doc3.md").is_file()
+    assert set(pd.read_parquet(first_dir / "synthetic_qa.parquet")["doc_id"]) == {"doc0.md", "doc1.md", "doc2.md"}
 
 
 def test_api_key_never_reaches_logs_metadata_or_artifacts(tmp_path, monkeypatch):
@@ -79,12 +86,12 @@ def test_api_key_never_reaches_logs_metadata_or_artifacts(tmp_path, monkeypatch)
     artifacts = tmp_path / "artifacts"
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
         qa = {"model": "openai/stub", "api_base": server.url, "api_key_env": "EMBED_TEST_LLM_KEY", "roundtrip": "none"}
-        result = dg.materialize(
-            ALL_ASSETS,
+        result = materialize_version(
+            "v1",
+            PipelineResource(docs_path=str(docs), artifacts_dir=str(artifacts)),
+            instance,
             selection=["raw_documents", "chunked_corpus", "synthetic_qa"],
-            resources=build_resources(PipelineResource(docs_path=str(docs), artifacts_dir=str(artifacts))),
             run_config={"ops": {"synthetic_qa": {"config": qa}}},
-            instance=instance,
         )
         assert result.success and server.authorizations[0] == f"Bearer {secret}"  # the key was really used
         event_log = "\n".join(str(record) for record in instance.all_logs(result.run_id))

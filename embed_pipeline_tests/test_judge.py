@@ -6,7 +6,7 @@ import pytest
 
 from embed_pipeline.core.judge import judge_prompt, judge_questions, parse_judgement
 from embed_pipeline.core.llm import LLMSettings, MalformedResponse
-from embed_pipeline.definitions import ALL_ASSETS, build_resources
+from embed_pipeline.definitions import materialize_version
 from embed_pipeline.defs.resources import PipelineResource
 from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
@@ -96,12 +96,12 @@ def test_judge_in_the_synthetic_qa_asset_reports_what_it_removed(tmp_path):
             "roundtrip": "none",
             "dedup_threshold": None,
         }
-        result = dg.materialize(
-            ALL_ASSETS,
+        result = materialize_version(
+            "v1",
+            PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "a")),
+            instance,
             selection=["raw_documents", "chunked_corpus", "synthetic_qa"],
-            resources=build_resources(PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "a"))),
             run_config={"ops": {"synthetic_qa": {"config": qa}}},
-            instance=instance,
         )
     questions = result.output_for_node("synthetic_qa")
     assert sorted(questions["doc_id"]) == ["d0.md", "d1.md"]

@@ -12,11 +12,12 @@ from sentence_transformers import SentenceTransformer
 from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
 from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason
-from embed_pipeline.definitions import ALL_ASSETS, build_resources
+from embed_pipeline.definitions import materialize_version
 from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
 from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
 
 N_QUERIES, N_DOCS = 3, 10
+VERSION = "tiny-1"
 INT8_RETRIEVAL = "int8_retrieval_matches_fp32"
 
 
@@ -67,10 +68,8 @@ def materialized(tiny_beir, tmp_path_factory):
         }
     }
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            ALL_ASSETS, resources=build_resources(pipeline, device="cpu"), run_config=run_config, instance=instance
-        )
-        yield result, artifacts
+        result = materialize_version(VERSION, pipeline, instance, device="cpu", run_config=run_config)
+        yield result, artifacts / "versions" / VERSION
 
 
 def test_every_asset_materializes_with_metadata(materialized):
@@ -175,28 +174,29 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
 def test_gate_blocks_the_export_of_a_fine_tune_broken_by_shuffled_labels(materialized, tiny_beir, tmp_path):
     """Questions paired with the wrong passages, a learning rate 500x the recipe's, zero tolerance: the report still
     comes out, its blocking check fails, and no ONNX model is built from the broken checkpoint."""
-    _, artifacts = materialized
-    broken = tmp_path / "artifacts"
-    shutil.copytree(
-        artifacts, broken, ignore=shutil.ignore_patterns("models", "checkpoints", "dagster_home", "onnx_model.json")
-    )
+    _, version_dir = materialized
+    broken = tmp_path / "artifacts" / "versions" / VERSION
+    shutil.copytree(version_dir, broken, ignore=shutil.ignore_patterns("models", "checkpoints", "onnx_model.json"))
     rows = pd.read_parquet(broken / "training_set.parquet")
     rows["positive"] = rows["positive"].sample(frac=1.0, random_state=0).to_numpy()
     rows["anchor"] = rows["anchor"].iloc[::-1].to_numpy()
     rows.to_parquet(broken / "training_set.parquet", index=False)
     pipeline = PipelineResource(
-        docs_path=str(tiny_beir / "corpus.jsonl"), artifacts_dir=str(broken), eval_beir_dir=str(tiny_beir)
+        docs_path=str(tiny_beir / "corpus.jsonl"),
+        artifacts_dir=str(tmp_path / "artifacts"),
+        eval_beir_dir=str(tiny_beir),
     )
     config = {"epochs": 5, "num_negatives": 2, "learning_rate": 5e-3, "batch_size": 4}
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            ALL_ASSETS,
+        result = materialize_version(
+            VERSION,
+            pipeline,
+            instance,
+            device="cpu",
             selection=["finetuned_model", "beir_report", "onnx_model"],
-            resources=build_resources(pipeline, device="cpu"),
             run_config={
                 "ops": {"finetuned_model": {"config": config}, "beir_report": {"config": {"gate_tolerance": 0.0}}}
             },
-            instance=instance,
             raise_on_error=False,
         )
     assert not result.success

@@ -21,7 +21,7 @@ from typing import Literal
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "DocumentError", "LoadedDocuments", "SkippedFile", "load_documents"]
+__all__ = ["COLUMNS", "DocumentError", "LoadedDocuments", "SkippedFile", "list_files", "load_documents"]
 
 COLUMNS = ["doc_id", "title", "text", "source"]
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
@@ -96,7 +96,7 @@ def load_documents(path: str | Path, on_error: Literal["raise", "skip"] = "raise
         skipped.append(SkippedFile(problem.where, problem.reason))
 
     if root.is_dir():
-        files = _walk(root)
+        files = list_files(root)
         if not files:
             raise DocumentError(
                 f"{root}: folder contains no (non-hidden) files; add .txt, .md, .html, .pdf or corpus .jsonl files"
@@ -137,7 +137,7 @@ def _unsupported(suffix: str) -> str:
     return f"unsupported extension {suffix}" if suffix else "unsupported extension (none)"
 
 
-def _walk(root: Path) -> list[tuple[Path, str]]:
+def list_files(root: Path) -> list[tuple[Path, str]]:
     """All non-hidden files under ``root`` as (path, posix path relative to root), sorted."""
     found: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):

@@ -2,25 +2,24 @@
 
 A version key is a short hash of the set's files (relative paths and bytes), so the same documents always
 give the same key wherever they live, and any added, removed or edited file gives a new one. A snapshot
-copies the set into the version's own folder (hard links where the file system allows), so a version can be
-rebuilt later, by a schedule or a backfill, after the live folder has moved on.
+copies the set into the version's own folder, so a version can be rebuilt later, by a schedule or a
+backfill, after the live folder has moved on.
 
 Example::
 
     key = corpus_version_key("docs/")          # "c-3fa94b1e07d2"
-    snapshot_documents("docs/", "artifacts/versions/c-3fa94b1e07d2/documents")
+    snapshot_documents("docs/", f"artifacts/versions/{key}/documents")
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from embed_pipeline.core.documents import DocumentError, _walk
+from embed_pipeline.core.documents import DocumentError, list_files
 
 __all__ = ["corpus_version_key", "snapshot_documents", "check_version_name", "stat_signature"]
 
@@ -32,7 +31,7 @@ def _files(path: Path) -> list[tuple[Path, str]]:
     if path.is_file():
         return [(path, path.name)]
     if path.is_dir():
-        return _walk(path)
+        return list_files(path)
     raise DocumentError(f"{path} does not exist: point the documents setting at a folder or a corpus file")
 
 
@@ -66,28 +65,24 @@ def check_version_name(name: str) -> str:
 
 
 def snapshot_documents(path: str | Path, dest: str | Path) -> Path:
-    """Copy the document set at ``path`` (a folder or one file) to the folder ``dest`` (hard links when on the
-    same file system) and return where the loader should read it: ``dest`` for a folder, ``dest/NAME`` for a
-    file. Written into a temporary sibling and renamed, so a crash never leaves half a snapshot; an existing
-    snapshot is kept (a version's documents never change)."""
+    """Copy the document set at ``path`` (a folder, or one file kept under its name) into the folder
+    ``dest`` and return ``dest``, which ``load_documents`` reads as
+    it read ``path``. Written into a temporary sibling and renamed, so a crash never leaves half a
+    snapshot; an existing snapshot is kept as it is (a version's documents never change)."""
     source, dest = Path(path), Path(dest)
-    files = _files(source)
-    target = dest / source.name if source.is_file() else dest
     if dest.exists():
-        return target
+        return dest
+    files = _files(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         for file, relative in files:
             copy = staging / relative
             copy.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(file, copy)
-            except OSError:
-                shutil.copy2(file, copy)
+            shutil.copy2(file, copy)  # a copy, not a hard link: an edit in place would change a link
         staging.chmod(0o755)
         staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
+    return dest

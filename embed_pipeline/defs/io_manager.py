@@ -8,6 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from embed_pipeline.defs.resources import VERSIONS_DIR
+
 
 def write_atomically(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
@@ -27,6 +29,10 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     base_dir: str
 
     def _path(self, context: dg.InputContext | dg.OutputContext, suffix: str) -> Path:
+        """``BASE/versions/VERSION/ASSET.suffix`` for a corpus version's asset, ``BASE/ASSET.suffix`` otherwise."""
+        if context.has_asset_partitions:
+            key = context.asset_partition_key
+            return Path(self.base_dir, VERSIONS_DIR, key, *context.asset_key.path).with_suffix(suffix)
         return Path(self.base_dir, *context.asset_key.path).with_suffix(suffix)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | dict) -> None:

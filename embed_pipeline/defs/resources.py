@@ -6,7 +6,10 @@ from pathlib import Path
 import dagster as dg
 
 from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
+from embed_pipeline.core.documents import DocumentError
+from embed_pipeline.core.versions import KEY_PREFIX, corpus_version_key, snapshot_documents
 
+VERSIONS_DIR = "versions"
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_data" / "scifact_sample"
 GENERAL_OOD = Path(__file__).resolve().parents[1] / "sample_data" / "general_ood"
 
@@ -22,9 +25,28 @@ class PipelineResource(dg.ConfigurableResource):
     passage_prompt: str | None = None
 
     def artifacts(self, *parts: str) -> Path:
+        """A path under the artifacts folder (its parent created); shared by every corpus version."""
         path = Path(self.artifacts_dir, *parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def version_artifacts(self, version: str, *parts: str) -> Path:
+        """A path under one corpus version's folder, ``versions/VERSION/``."""
+        return self.artifacts(VERSIONS_DIR, version, *parts)
+
+    def version_documents(self, version: str) -> Path:
+        """The documents of corpus ``version``: its snapshot, taken from ``docs_path`` on first use. A
+        content-hash version (``c-...``) must match the documents it pins, so it never names other text."""
+        pinned = self.version_artifacts(version, "documents")
+        if not pinned.exists() and version.startswith(KEY_PREFIX):
+            live = corpus_version_key(self.docs_path)
+            if live != version:
+                raise DocumentError(
+                    f"corpus version {version} has no pinned documents and those at {self.docs_path} now hash "
+                    f"to {live}: materialize version {live} instead (the documents sensor adds it), or restore "
+                    "the documents"
+                )
+        return snapshot_documents(self.docs_path, pinned)
 
     def base_model_path(self) -> str:
         return base_model_path(self.base_model)

@@ -8,16 +8,19 @@ import pandas as pd
 from embed_pipeline.config import ChunkingConfig, DocumentsConfig
 from embed_pipeline.core.chunking import chunk_documents
 from embed_pipeline.core.documents import load_documents
+from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
 
-@dg.asset(group_name="corpus", kinds={"pandas"})
+@dg.asset(partitions_def=corpus_versions, group_name="corpus", kinds={"pandas"})
 def raw_documents(
     context: dg.AssetExecutionContext, config: DocumentsConfig, pipeline: PipelineResource
 ) -> pd.DataFrame:
-    """Documents read from the docs path (txt, md, html, pdf files or a BEIR corpus.jsonl)."""
+    """Documents of this corpus version (txt, md, html, pdf files or a BEIR corpus.jsonl), read from its pinned
+    copy of the docs path."""
     started = time.perf_counter()
-    loaded = load_documents(pipeline.docs_path, on_error=config.on_error)
+    pinned = pipeline.version_documents(context.partition_key)
+    loaded = load_documents(pinned, on_error=config.on_error)
     for skipped in loaded.skipped:
         context.log.warning(f"Skipped {skipped.path}: {skipped.reason}")
     docs = loaded.documents
@@ -28,13 +31,14 @@ def raw_documents(
             "skipped": dg.MetadataValue.md("\n".join(f"- `{s.path}`: {s.reason}" for s in loaded.skipped) or "none"),
             "characters": int(docs["text"].str.len().sum()),
             "source": pipeline.docs_path,
+            "pinned_copy": dg.MetadataValue.path(str(pinned)),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
     return docs
 
 
-@dg.asset(group_name="corpus", kinds={"pandas"})
+@dg.asset(partitions_def=corpus_versions, group_name="corpus", kinds={"pandas"})
 def chunked_corpus(
     context: dg.AssetExecutionContext, config: ChunkingConfig, pipeline: PipelineResource, raw_documents: pd.DataFrame
 ) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from embed_pipeline.core.report import (
     synthetic_test_set,
 )
 from embed_pipeline.defs.io_manager import write_atomically
+from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import GENERAL_OOD, PipelineResource, TorchDeviceResource
 
 GATE_CHECK = "fine_tuned_not_worse_than_base"
@@ -32,6 +33,7 @@ REGRESSION_CHECK = "no_out_of_domain_regression"
 
 
 @dg.asset(
+    partitions_def=corpus_versions,
     group_name="evaluation",
     pool="gpu",
     kinds={"pytorch"},
@@ -121,7 +123,7 @@ def beir_report(
     table = report_markdown(report) + "\n\n" + gate_summary(verdict)
     if regression:
         table += "\n\n" + regression_markdown(report["regression"])
-    stem = pipeline.artifacts("reports", f"report-{context.run_id[:8]}")
+    stem = pipeline.version_artifacts(context.partition_key, "reports", f"report-{context.run_id[:8]}")
     json_path, md_path, html_path = stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".html")
     write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     write_atomically(md_path, lambda tmp: tmp.write_text(table + "\n"))

@@ -12,6 +12,7 @@ from embed_pipeline.config import ExportConfig, Int8ExportConfig, TensorRTConfig
 from embed_pipeline.core.export import EXPORT_INFO, export_onnx, parity, quantize_int8
 from embed_pipeline.core.report import SYNTHETIC, evaluate_systems, synthetic_test_set
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
+from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
 PARITY_CHECK = "matches_pytorch"
@@ -26,6 +27,7 @@ def _samples(chunked_corpus: pd.DataFrame) -> list[str]:
 
 
 @dg.asset(
+    partitions_def=corpus_versions,
     group_name="export",
     pool="gpu",
     kinds={"onnx"},
@@ -45,7 +47,7 @@ def onnx_model(
 ):
     """model.onnx plus tokenizer files, checked against the PyTorch checkpoint on sample passages."""
     started = time.perf_counter()
-    out_dir = pipeline.artifacts("models", f"onnx-{context.run_id[:8]}")
+    out_dir = pipeline.version_artifacts(context.partition_key, "models", f"onnx-{context.run_id[:8]}")
     onnx_path = export_onnx(finetuned_model["path"], out_dir, opset=config.opset, fuse=config.fuse)
     samples = _samples(chunked_corpus)
     close = parity(finetuned_model["path"], out_dir, samples)
@@ -68,6 +70,7 @@ def onnx_model(
 
 
 @dg.asset(
+    partitions_def=corpus_versions,
     group_name="export",
     pool="gpu",
     kinds={"onnx"},
@@ -96,7 +99,7 @@ def onnx_int8_model(
     """Dynamic int8 quantization of the fp32 export (about 4x smaller, faster on CPU), with the same layout
     so `embed-pipeline serve` loads either; checked against PyTorch and against fp32 retrieval."""
     started = time.perf_counter()
-    out_dir = pipeline.artifacts("models", f"onnx-int8-{context.run_id[:8]}")
+    out_dir = pipeline.version_artifacts(context.partition_key, "models", f"onnx-int8-{context.run_id[:8]}")
     onnx_path = quantize_int8(onnx_model["path"], out_dir)
     close = parity(finetuned_model["path"], out_dir, _samples(chunked_corpus))
     queries, qrels = synthetic_test_set(qa_splits)
@@ -129,6 +132,7 @@ def onnx_int8_model(
 
 
 @dg.asset(
+    partitions_def=corpus_versions,
     group_name="export",
     pool="gpu",
     kinds={"tensorrt"},
@@ -151,7 +155,7 @@ def tensorrt_engine(
         context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata={"built": False, "reason": reason}))
         return
     started = time.perf_counter()
-    out_dir = pipeline.artifacts("models", f"tensorrt-{context.run_id[:8]}")
+    out_dir = pipeline.version_artifacts(context.partition_key, "models", f"tensorrt-{context.run_id[:8]}")
     build_tensorrt_engine(finetuned_model["path"], out_dir, fp16=config.fp16, max_batch=config.max_batch)
     samples = _samples(chunked_corpus)
     close = parity(finetuned_model["path"], out_dir, samples)
@@ -169,7 +173,7 @@ def tensorrt_engine(
     )
 
 
-@dg.asset_check(asset=tensorrt_engine, name=TENSORRT_PARITY_CHECK)
+@dg.asset_check(asset=tensorrt_engine, partitions_def=corpus_versions, name=TENSORRT_PARITY_CHECK)
 def tensorrt_close_to_pytorch(tensorrt_engine: dict) -> dg.AssetCheckResult:
     """TensorRT embeddings' cosine to PyTorch's >= min_cosine (measured by the asset). A separate check, not a
     check spec, so that a host without TensorRT skips it along with the asset instead of failing it."""

@@ -9,10 +9,11 @@ from embed_pipeline.config import MiningConfig, TrainingConfig
 from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
 from embed_pipeline.core.plots import histogram_markdown
 from embed_pipeline.core.training import checkpoint_key, finetune, validation_set
+from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
 
-@dg.asset(group_name="training", pool="gpu", kinds={"pytorch"})
+@dg.asset(partitions_def=corpus_versions, group_name="training", pool="gpu", kinds={"pytorch"})
 def hard_negatives(
     context: dg.AssetExecutionContext,
     config: MiningConfig,
@@ -52,7 +53,7 @@ def hard_negatives(
     return mined
 
 
-@dg.asset(group_name="training", kinds={"pandas"})
+@dg.asset(partitions_def=corpus_versions, group_name="training", kinds={"pandas"})
 def training_set(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -71,7 +72,7 @@ def training_set(
     return rows
 
 
-@dg.asset(group_name="training", pool="gpu", kinds={"pytorch"})
+@dg.asset(partitions_def=corpus_versions, group_name="training", pool="gpu", kinds={"pytorch"})
 def finetuned_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -92,10 +93,10 @@ def finetuned_model(
     stats = finetune(
         training_set,
         base_model=pipeline.base_model_path(),
-        output_dir=pipeline.artifacts("models", f"finetuned-{context.run_id[:8]}"),
+        output_dir=pipeline.version_artifacts(context.partition_key, "models", f"finetuned-{context.run_id[:8]}"),
         device=compute.torch_device(),
         validation=validation,
-        checkpoint_dir=pipeline.artifacts("checkpoints", job),
+        checkpoint_dir=pipeline.version_artifacts(context.partition_key, "checkpoints", job),
         query_prompt=pipeline.query_prompt,
         passage_prompt=pipeline.passage_prompt,
         **settings,

@@ -8,10 +8,11 @@ from embed_pipeline.core.judge import judge_questions
 from embed_pipeline.core.question_filters import filter_questions
 from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
+from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
 
-@dg.asset(group_name="questions", kinds={"pandas"})
+@dg.asset(partitions_def=corpus_versions, group_name="questions", kinds={"pandas"})
 def synthetic_qa(
     context: dg.AssetExecutionContext,
     config: SyntheticQAConfig,
@@ -91,7 +92,7 @@ def synthetic_qa(
     return kept
 
 
-@dg.asset(group_name="questions", kinds={"pandas"})
+@dg.asset(partitions_def=corpus_versions, group_name="questions", kinds={"pandas"})
 def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_qa: pd.DataFrame) -> pd.DataFrame:
     """Train/validation/test assignment by document: no document has questions on two sides."""
     split = split_by_document(

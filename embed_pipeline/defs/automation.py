@@ -1,0 +1,67 @@
+"""How corpus versions get built without a person: a sensor on the documents, a re-training schedule, and the
+one job both launch (every asset of one corpus version; the UI and `dagster job backfill` run it over many)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import dagster as dg
+
+from embed_pipeline.core.documents import DocumentError
+from embed_pipeline.core.versions import corpus_version_key, stat_signature
+from embed_pipeline.defs.partitions import corpus_versions
+from embed_pipeline.defs.resources import PipelineResource
+
+RETRAIN_CRON = os.environ.get("EMBED_PIPELINE_RETRAIN_CRON", "0 3 * * 0")  # Sundays 03:00
+TRIGGER_TAG = "embed_pipeline/trigger"
+
+train_corpus_version = dg.define_asset_job(
+    "train_corpus_version",
+    selection=dg.AssetSelection.all(),
+    partitions_def=corpus_versions,
+    description="Every asset of one corpus version: documents to served exports.",
+)
+
+
+@dg.sensor(
+    job=train_corpus_version,
+    minimum_interval_seconds=int(os.environ.get("EMBED_PIPELINE_SENSOR_INTERVAL_S", "30")),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def documents_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+    """Watches the documents path: when its content hash is a version not seen before, pins the documents,
+    adds the version and launches its run. File sizes and times are checked first; contents are hashed only
+    when those moved."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    try:
+        signature = stat_signature(pipeline.docs_path)
+        if signature == cursor.get("signature"):
+            return dg.SkipReason(f"{pipeline.docs_path} unchanged since version {cursor.get('version')}")
+        version = corpus_version_key(pipeline.docs_path)
+        new_cursor = json.dumps({"signature": signature, "version": version})
+        if context.instance.has_dynamic_partition(corpus_versions.name, version):
+            context.update_cursor(new_cursor)
+            return dg.SkipReason(f"{pipeline.docs_path} hashes to {version}, an existing corpus version")
+        pipeline.version_documents(version)
+    except (DocumentError, OSError) as exc:
+        return dg.SkipReason(f"cannot read the documents: {exc}")
+    context.log.info(f"new corpus version {version} from {pipeline.docs_path}")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=version, run_key=version, tags={TRIGGER_TAG: "sensor"})],
+        dynamic_partitions_requests=[corpus_versions.build_add_request([version])],
+        cursor=new_cursor,
+    )
+
+
+@dg.schedule(
+    job=train_corpus_version,
+    cron_schedule=RETRAIN_CRON,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Re-trains the latest corpus version (turn on in the UI; cron from EMBED_PIPELINE_RETRAIN_CRON).",
+)
+def retrain_latest_version(context: dg.ScheduleEvaluationContext):
+    versions = context.instance.get_dynamic_partitions(corpus_versions.name)
+    if not versions:
+        return dg.SkipReason("no corpus version yet: the documents sensor adds one when it sees the documents")
+    return dg.RunRequest(partition_key=versions[-1], tags={TRIGGER_TAG: "schedule"})
