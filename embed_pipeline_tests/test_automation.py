@@ -10,9 +10,10 @@ from embed_pipeline.defs.resources import PipelineResource
 
 def _tick(instance, pipeline, cursor=None):
     """One evaluation; returns its result and the cursor the daemon would store."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": pipeline})
-    result = documents_sensor(context)
-    return result, result.cursor if isinstance(result, dg.SensorResult) else context.cursor
+    # Contexts are closed: an open one leaves Dagster's current-instance state behind for later tests.
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": pipeline}) as context:
+        result = documents_sensor(context)
+        return result, result.cursor if isinstance(result, dg.SensorResult) else context.cursor
 
 
 def test_sensor_adds_a_version_per_new_document_set_and_pins_its_documents(tmp_path):
@@ -52,8 +53,7 @@ def test_sensor_skips_with_the_reason_when_the_documents_are_missing(tmp_path):
 
 
 def test_schedule_retrains_the_latest_version(tmp_path):
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance=instance) as context:
         assert isinstance(retrain_latest_version(context), dg.SkipReason)
         instance.add_dynamic_partitions("corpus_versions", ["c-aaaaaaaaaaaa", "c-bbbbbbbbbbbb"])
         request = retrain_latest_version(context)
