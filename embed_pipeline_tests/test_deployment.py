@@ -56,3 +56,27 @@ def test_every_named_volume_a_service_mounts_is_declared():
         if not v.startswith((".", "/", "$"))
     }
     assert mounted == set(compose["volumes"])
+
+
+def test_every_long_running_service_has_a_healthcheck_and_waits_for_its_dependencies():
+    services = _compose()["services"]
+    for name in ("postgres", "user_code", "webserver", "daemon", "embeddings"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("user_code", "webserver", "daemon"):
+        for dependency, condition in services[name]["depends_on"].items():
+            assert condition == {"condition": "service_healthy"} and "healthcheck" in services[dependency]
+
+
+def test_gpu_override_gives_the_step_running_service_the_gpu():
+    base = _compose()["services"]
+    override = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+
+    assert set(override) == {"user_code"} <= set(base)  # the code server launches the runs, so it runs the steps
+    devices = override["user_code"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert override["user_code"]["build"]["args"] == {"EXTRAS": "gpu"}
+    assert "deploy" not in base["user_code"]  # CPU hosts start without a GPU reservation
+    # The webserver and daemon reach the code server where the runs happen.
+    workspace = yaml.safe_load((ROOT / "workspace.compose.yaml").read_text())
+    grpc = workspace["load_from"][0]["grpc_server"]
+    assert grpc["host"] == "user_code" and str(grpc["port"]) in base["user_code"]["command"]

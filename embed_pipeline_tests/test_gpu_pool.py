@@ -57,6 +57,8 @@ def test_two_gpu_steps_launched_together_run_one_after_the_other(tmp_path):
     # The pool the real GPU steps declare, limited by the repo's instance settings.
     assert defs.resolve_asset_graph().get(dg.AssetKey("finetuned_model")).pools == {"gpu"}
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)):
+        pass  # create the storage once, here: two processes creating it at once would race
 
     serialised = _launch_together(tmp_path, ("gpu", "gpu"))
     # Control: the same two steps in pools of their own do overlap, so the assertion below can fail.
