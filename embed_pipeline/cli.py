@@ -51,18 +51,12 @@ def _root_cause(error) -> str:
 
 def _run_config(args: argparse.Namespace) -> dict:
     """Per-asset config: a YAML file ({asset: {field: value}}) overridden by command-line flags."""
-    import yaml
+    from embed_pipeline.config import asset_run_config, load_asset_settings
 
-    config: dict[str, dict] = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SystemExit(f"error: cannot read config file {path}: {exc}") from exc
-        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
-            raise SystemExit(f"error: {path} must map asset names to {{field: value}} tables")
-        config = {asset: dict(values) for asset, values in loaded.items()}
+    try:
+        config = load_asset_settings(args.config) if args.config else {}
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     flags = {
         ("raw_documents", "on_error"): args.on_error,
         ("synthetic_qa", "model"): args.llm_model,
@@ -76,10 +70,7 @@ def _run_config(args: argparse.Namespace) -> dict:
     for (asset, field), value in flags.items():
         if value is not None:
             config.setdefault(asset, {})[field] = value
-    # training_set and finetuned_model share TrainingConfig: keep them consistent.
-    if "finetuned_model" in config:
-        config["training_set"] = {**config.get("finetuned_model", {}), **config.get("training_set", {})}
-    return {"ops": {asset: {"config": values} for asset, values in config.items()}}
+    return asset_run_config(config)
 
 
 def run_pipeline(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ the README documents every field.
 """
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -218,3 +219,26 @@ def config_reference_markdown() -> str:
         for name, field in cls.model_fields.items():
             lines.append(f"| `{asset}` | `{name}` | `{field.default}` | {field.description} |")
     return "\n".join(lines)
+
+
+def load_asset_settings(path: str | Path) -> dict[str, dict]:
+    """Per-asset settings from a YAML file, ``{asset: {field: value}}``; ValueError naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+        raise ValueError(f"{path} must map asset names to {{field: value}} tables")
+    return {asset: dict(values) for asset, values in loaded.items()}
+
+
+def asset_run_config(settings: dict[str, dict]) -> dict:
+    """Dagster run config for per-asset settings. training_set and finetuned_model share TrainingConfig, so
+    finetuned_model's settings apply to training_set too (its own override them)."""
+    settings = dict(settings)
+    if "finetuned_model" in settings:
+        settings["training_set"] = {**settings["finetuned_model"], **settings.get("training_set", {})}
+    return {"ops": {asset: {"config": values} for asset, values in settings.items()}}

@@ -101,3 +101,27 @@ def test_a_content_version_refuses_documents_that_no_longer_match(tmp_path):
 def test_bad_version_names_are_refused(name):
     with pytest.raises(ValueError, match="is not a valid name"):
         check_version_name(name)
+
+
+def test_sensor_skips_an_empty_folder_and_applies_the_automated_run_settings(tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "artifacts"))
+    settings = tmp_path / "automated.yaml"
+    settings.write_text("finetuned_model: {epochs: 2}\nsynthetic_qa: {max_chunks: 5}\n")
+    monkeypatch.setenv("EMBED_PIPELINE_RUN_CONFIG", str(settings))
+    with dg.instance_for_test() as instance:
+        empty, cursor = _tick(instance, pipeline)
+        assert isinstance(empty, dg.SkipReason) and "holds no documents yet" in empty.skip_message
+
+        (docs / "a.md").write_text("# A\n\nAlpha.\n")
+        result, cursor = _tick(instance, pipeline, cursor)
+        ops = result.run_requests[0].run_config["ops"]
+        assert ops["synthetic_qa"]["config"] == {"max_chunks": 5}
+        assert ops["finetuned_model"]["config"] == ops["training_set"]["config"] == {"epochs": 2}
+
+        settings.write_text("just a string\n")
+        (docs / "b.md").write_text("# B\n\nBeta.\n")
+        broken, _ = _tick(instance, pipeline, cursor)
+    assert isinstance(broken, dg.SkipReason)
+    assert broken.skip_message.startswith(f"EMBED_PIPELINE_RUN_CONFIG: {settings} must map asset names")

@@ -31,7 +31,10 @@ def _files(path: Path) -> list[tuple[Path, str]]:
     if path.is_file():
         return [(path, path.name)]
     if path.is_dir():
-        return list_files(path)
+        files = list_files(path)
+        if not files:
+            raise DocumentError(f"{path} holds no documents yet")
+        return files
     raise DocumentError(f"{path} does not exist: point the documents setting at a folder or a corpus file")
 
 

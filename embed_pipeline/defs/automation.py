@@ -8,20 +8,32 @@ import os
 
 import dagster as dg
 
+from embed_pipeline.config import asset_run_config, load_asset_settings
 from embed_pipeline.core.documents import DocumentError
 from embed_pipeline.core.versions import corpus_version_key, stat_signature
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
 RETRAIN_CRON = os.environ.get("EMBED_PIPELINE_RETRAIN_CRON", "0 3 * * 0")  # Sundays 03:00
+RUN_CONFIG_ENV = "EMBED_PIPELINE_RUN_CONFIG"  # YAML {asset: {field: value}} for automated runs
 TRIGGER_TAG = "embed_pipeline/trigger"
 
 train_corpus_version = dg.define_asset_job(
     "train_corpus_version",
     selection=dg.AssetSelection.all(),
     partitions_def=corpus_versions,
+    # One process per run: the graph is a chain, so a process per step would only re-import torch and
+    # reload models for every step (10-15 s each on a small host). Pools still serialise GPU steps.
+    executor_def=dg.in_process_executor,
     description="Every asset of one corpus version: documents to served exports.",
 )
+
+
+def automated_run_config() -> dict:
+    """Run config for the sensor's and schedule's runs: the settings file named by EMBED_PIPELINE_RUN_CONFIG,
+    or the defaults. ValueError naming the file when it cannot be used."""
+    path = os.environ.get(RUN_CONFIG_ENV)
+    return asset_run_config(load_asset_settings(path)) if path else {}
 
 
 @dg.sensor(
@@ -43,12 +55,16 @@ def documents_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineReso
         if context.instance.has_dynamic_partition(corpus_versions.name, version):
             context.update_cursor(new_cursor)
             return dg.SkipReason(f"{pipeline.docs_path} hashes to {version}, an existing corpus version")
+        run_config = automated_run_config()
         pipeline.version_documents(version)
     except (DocumentError, OSError) as exc:
         return dg.SkipReason(f"cannot read the documents: {exc}")
+    except ValueError as exc:
+        return dg.SkipReason(f"{RUN_CONFIG_ENV}: {exc}")
     context.log.info(f"new corpus version {version} from {pipeline.docs_path}")
+    request = dg.RunRequest(partition_key=version, run_key=version, run_config=run_config, tags={TRIGGER_TAG: "sensor"})
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=version, run_key=version, tags={TRIGGER_TAG: "sensor"})],
+        run_requests=[request],
         dynamic_partitions_requests=[corpus_versions.build_add_request([version])],
         cursor=new_cursor,
     )
@@ -64,4 +80,8 @@ def retrain_latest_version(context: dg.ScheduleEvaluationContext):
     versions = context.instance.get_dynamic_partitions(corpus_versions.name)
     if not versions:
         return dg.SkipReason("no corpus version yet: the documents sensor adds one when it sees the documents")
-    return dg.RunRequest(partition_key=versions[-1], tags={TRIGGER_TAG: "schedule"})
+    try:
+        run_config = automated_run_config()
+    except ValueError as exc:
+        return dg.SkipReason(f"{RUN_CONFIG_ENV}: {exc}")
+    return dg.RunRequest(partition_key=versions[-1], run_config=run_config, tags={TRIGGER_TAG: "schedule"})
