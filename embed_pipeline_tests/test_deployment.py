@@ -42,7 +42,7 @@ def test_gpu_variant_reserves_a_gpu_and_builds_the_gpu_extra():
     assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["serve"]  # neither starts with the Dagster stack
     assert gpu["build"]["args"] == {"EXTRAS": "gpu"}
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG EXTRAS=", dockerfile, re.M) and '-e ".[gpu]"' in dockerfile
+    assert re.search(r"^ARG EXTRAS=", dockerfile, re.M) and '-e ".[$EXTRAS]"' in dockerfile
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     assert {e.split("==")[0] for e in extras} == {"onnxruntime-gpu", "faiss-gpu", "tensorrt"}
 
@@ -80,3 +80,40 @@ def test_gpu_override_gives_the_step_running_service_the_gpu():
     workspace = yaml.safe_load((ROOT / "workspace.compose.yaml").read_text())
     grpc = workspace["load_from"][0]["grpc_server"]
     assert grpc["host"] == "user_code" and str(grpc["port"]) in base["user_code"]["command"]
+
+
+def _source_text() -> str:
+    return "\n".join(p.read_text() for p in (ROOT / "embed_pipeline").rglob("*.py"))
+
+
+def test_helm_values_run_our_code_location_with_gpu_run_pods_and_shared_artifacts():
+    values = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
+    claim = yaml.safe_load((ROOT / "deploy" / "helm" / "artifacts-pvc.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    launcher = values["runLauncher"]
+    run_pod = launcher["config"]["k8sRunLauncher"]["runK8sConfig"]
+    source = _source_text()
+
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "embed_pipeline.definitions"]
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert deployment["image"]["tag"] == version
+    for env in deployment["env"] + run_pod["containerConfig"]["env"]:
+        assert f'"{env["name"]}"' in source or env["name"] in ("HF_HUB_OFFLINE", "LITELLM_LOCAL_MODEL_COST_MAP")
+    assert launcher["type"] == "K8sRunLauncher"
+    assert run_pod["containerConfig"]["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in run_pod["podSpecConfig"][
+        "tolerations"
+    ]
+    # The code server, every run pod and the claim agree on one shared artifacts volume.
+    for pod_volumes, mounts in (
+        (deployment["volumes"], deployment["volumeMounts"]),
+        (run_pod["podSpecConfig"]["volumes"], run_pod["containerConfig"]["volumeMounts"]),
+    ):
+        assert {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod_volumes} == {
+            "artifacts": claim["metadata"]["name"]
+        }
+        assert mounts == [{"name": "artifacts", "mountPath": "/data/artifacts"}]
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["k8s"] == ["dagster-k8s==0.29.27"]  # the run launcher's library, same release as dagster
