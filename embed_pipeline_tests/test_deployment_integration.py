@@ -1,7 +1,8 @@
 """The compose deployment's processes, natively: a real PostgreSQL cluster on a loopback port, `dagster
 code-server`, `dagster-webserver` and `dagster-daemon` on the repo's Postgres instance file. A corpus file
 dropped into the watched folder must become a corpus version whose sensor-launched run succeeds, seen
-through the webserver's GraphQL API; every process is then stopped by its PID."""
+through the webserver's GraphQL API; then a backfill over that version and a grown one must reuse the
+cached questions; every process is then stopped by its PID."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -168,8 +170,7 @@ def test_a_new_document_becomes_a_corpus_version_built_by_the_sensor_run(postgre
         _wait("the webserver", lambda: httpx.get(f"{url}/server_info", timeout=5).status_code == 200, 180, processes)
 
         # The folder is empty: the sensor waits. Then a corpus file arrives.
-        corpus = [json.loads(line) for line in (SAMPLE_CORPUS / "corpus.jsonl").open()][:10]
-        (docs / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in corpus))
+        (docs / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in _sample_docs()[:10]))
         version = corpus_version_key(docs)
 
         runs_query = """query($version: String!) { runsOrError(filter: {tags: [
@@ -199,6 +200,49 @@ def test_a_new_document_becomes_a_corpus_version_built_by_the_sensor_run(postgre
         assert lineage["beir_report"] == ["chunked_corpus", "finetuned_model", "qa_splits"]
         assert (artifacts / "versions" / version / "documents" / "corpus.jsonl").is_file()
         assert list((artifacts / "versions" / version / "models").glob("onnx-int8-*/model.onnx"))
+
+        # A backfill over two versions, the second with one more document, up to the questions: the first
+        # version's questions all come from the cache, the second pays only for chunks of the new document.
+        _stop_sensor(url)
+        (docs / "more.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in _sample_docs()[10:13]))
+        grown = corpus_version_key(docs)
+        repository = {"repositoryName": "__repository__", "repositoryLocationName": "embed"}
+        added = _graphql(
+            url,
+            """mutation($repo: RepositorySelector!, $key: String!) { addDynamicPartition(repositorySelector: $repo,
+                partitionsDefName: "corpus_versions", partitionKey: $key) { __typename } }""",
+            {"repo": repository, "key": grown},
+        )
+        assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
+        launched = _graphql(
+            url,
+            """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+                __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+            {
+                "params": {
+                    "partitionNames": [version, grown],
+                    "assetSelection": [{"path": [a]} for a in ("raw_documents", "chunked_corpus", "synthetic_qa")],
+                    "runConfigData": {"ops": {"synthetic_qa": {"config": TINY_RUN["synthetic_qa"]}}},
+                }
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_runs = """query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+            ... on Runs { results { runId status tags { key value } } } } }"""
+
+        def backfill_done():
+            results = _graphql(url, backfill_runs, {"id": launched["backfillId"]})["runsOrError"]["results"]
+            finished = [r for r in results if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            return results if len(finished) == 2 else None
+
+        runs = _wait("the backfill's two runs", backfill_done, RUN_TIMEOUT_S, processes)
+        assert {r["status"] for r in runs} == {"SUCCESS"}
+        calls = {key: _llm_calls(url, key) for key in (version, grown)}
+        assert calls[version]["llm_calls_made"] == 0 and calls[version]["llm_calls_cached"] > 0
+        new_chunks = pd.read_parquet(artifacts / "versions" / grown / "chunked_corpus.parquet")
+        new_doc_ids = {d["_id"] for d in _sample_docs()[10:13]}
+        assert 0 < calls[grown]["llm_calls_made"] <= new_chunks["doc_id"].isin(new_doc_ids).sum()
+        assert calls[grown]["llm_calls_cached"] > 0  # chunks shared with the first version
     finally:
         for process in processes.values():
             os.kill(process.pid, signal.SIGTERM)
@@ -218,3 +262,38 @@ def _grpc_ready(port: int, env: dict) -> bool:
         [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)], env=env, capture_output=True, timeout=60
     )
     return done.returncode == 0
+
+
+def _sample_docs() -> list[dict]:
+    return [json.loads(line) for line in (SAMPLE_CORPUS / "corpus.jsonl").open()]
+
+
+def _stop_sensor(url: str) -> None:
+    """Stop the documents sensor (through the API, as a user in the UI would) so a new file starts no run."""
+    selector = {"repositoryName": "__repository__", "repositoryLocationName": "embed", "sensorName": "documents_sensor"}
+    sensor = _graphql(
+        url,
+        """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {
+            jobOriginId sensorState { selectorId } } } }""",
+        {"s": selector},
+    )["sensorOrError"]
+    stopped = _graphql(
+        url,
+        """mutation($origin: String!, $selector: String!) { stopSensor(jobOriginId: $origin, jobSelectorId: $selector) {
+            __typename ... on StopSensorMutationResult { instigationState { status } } } }""",
+        {"origin": sensor["jobOriginId"], "selector": sensor["sensorState"]["selectorId"]},
+    )["stopSensor"]
+    assert stopped["instigationState"]["status"] == "STOPPED", stopped
+
+
+def _llm_calls(url: str, version: str) -> dict[str, int]:
+    """The LLM call counts of synthetic_qa's latest materialization of `version` (its metadata)."""
+    node = _graphql(
+        url,
+        """query($v: String!) { assetNodeOrError(assetKey: {path: ["synthetic_qa"]}) { ... on AssetNode {
+            assetMaterializations(partitions: [$v], limit: 1) { metadataEntries {
+                label ... on IntMetadataEntry { intValue } } } } } }""",
+        {"v": version},
+    )["assetNodeOrError"]
+    (latest,) = node["assetMaterializations"]
+    return {e["label"]: e["intValue"] for e in latest["metadataEntries"] if e["label"].startswith("llm_calls")}
