@@ -57,8 +57,12 @@ def test_two_gpu_steps_launched_together_run_one_after_the_other(tmp_path):
     # The pool the real GPU steps declare, limited by the repo's instance settings.
     assert defs.resolve_asset_graph().get(dg.AssetKey("finetuned_model")).pools == {"gpu"}
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    with dg.DagsterInstance.from_config(str(tmp_path)):
-        pass  # create the storage once, here: two processes creating it at once would race
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        # Create the storage and the pool's slots (from dagster.yaml's default_limit) once, here, as any earlier
+        # run does in a deployment: on SQLite two processes doing it at the same moment can both allocate a
+        # slot (a Dagster race, seen in CI), which would let the very first two GPU steps overlap.
+        instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
+        assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
 
     serialised = _launch_together(tmp_path, ("gpu", "gpu"))
     # Control: the same two steps in pools of their own do overlap, so the assertion below can fail.
