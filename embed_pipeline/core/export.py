@@ -35,7 +35,7 @@ import onnxruntime as ort
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8", "tensorrt_options"]
+__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8", "staging_dir", "tensorrt_options"]
 
 EXPORT_INFO = "export.json"
 ONNX_FILE = "model.onnx"
@@ -124,7 +124,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17, fus
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in token_inputs}
     dynamic_axes[OUTPUT_NAME] = {0: "batch", 1: "dimensions"}
 
-    with _staging(out_dir) as staging:
+    with staging_dir(out_dir) as staging:
         onnx_path = staging / ONNX_FILE
         with torch.no_grad():
             torch.onnx.export(
@@ -327,7 +327,7 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     info = json.loads((onnx_dir / EXPORT_INFO).read_text(encoding="utf-8"))
-    with _staging(out_dir) as staging:
+    with staging_dir(out_dir) as staging:
         for item in onnx_dir.iterdir():
             if item.is_file() and item.name not in (ONNX_FILE, EXPORT_INFO):
                 shutil.copy2(item, staging / item.name)
@@ -405,7 +405,7 @@ def _check_supported(model_dir: Path) -> int:
 
 
 @contextlib.contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
+def staging_dir(out_dir: Path) -> Iterator[Path]:
     """A temporary sibling of ``out_dir`` to build an export in: renamed into place when the block
     succeeds, removed when it fails, so readers never see a half-written export."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder, _staging, export_onnx
+from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder, export_onnx, staging_dir
 
 __all__ = ["build_tensorrt_engine", "tensorrt_unavailable_reason"]
 
@@ -53,7 +53,7 @@ def build_tensorrt_engine(
     import tensorrt
 
     out_dir = Path(out_dir)
-    with _staging(out_dir) as staging:
+    with staging_dir(out_dir) as staging:
         export_onnx(model_dir, staging, opset=opset, fuse=False)
         info_path = staging / EXPORT_INFO
         info = json.loads(info_path.read_text(encoding="utf-8"))

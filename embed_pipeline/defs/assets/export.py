@@ -19,6 +19,8 @@ PARITY_CHECK = "matches_pytorch"
 INT8_PARITY_CHECK = "int8_close_to_pytorch"
 INT8_RETRIEVAL_CHECK = "int8_retrieval_matches_fp32"
 TENSORRT_PARITY_CHECK = "tensorrt_close_to_pytorch"
+# Every export: one per corpus version, in the export group, on the accelerator's pool.
+EXPORT_STEP = {"partitions_def": corpus_versions, "group_name": "export", "pool": "gpu"}
 
 
 def _samples(chunked_corpus: pd.DataFrame) -> list[str]:
@@ -27,9 +29,7 @@ def _samples(chunked_corpus: pd.DataFrame) -> list[str]:
 
 
 @dg.asset(
-    partitions_def=corpus_versions,
-    group_name="export",
-    pool="gpu",
+    **EXPORT_STEP,
     kinds={"onnx"},
     deps=["beir_report"],  # built only after the report's blocking gate passed
     check_specs=[
@@ -70,9 +70,7 @@ def onnx_model(
 
 
 @dg.asset(
-    partitions_def=corpus_versions,
-    group_name="export",
-    pool="gpu",
+    **EXPORT_STEP,
     kinds={"onnx"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -132,9 +130,7 @@ def onnx_int8_model(
 
 
 @dg.asset(
-    partitions_def=corpus_versions,
-    group_name="export",
-    pool="gpu",
+    **EXPORT_STEP,
     kinds={"tensorrt"},
     deps=["beir_report"],  # built only after the report's blocking gate passed
     output_required=False,  # not built, and saying why, on hosts without CUDA and TensorRT
