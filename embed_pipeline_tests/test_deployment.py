@@ -1,14 +1,20 @@
-"""docker-compose.yml and the Dockerfile, checked against the code they run (no Docker engine here)."""
+"""docker-compose.yml, the Dockerfile and the Helm values, checked against the code they run and the chart they
+configure (no Docker engine or cluster here)."""
 
+import copy
+import json
 import re
 import tomllib
 from pathlib import Path
 
+import jsonschema
+import pytest
 import yaml
 
 from embed_pipeline.cli import SERVE_ENV_PREFIX, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
+HELM = ROOT / "deploy" / "helm"
 
 
 def _compose() -> dict:
@@ -86,9 +92,13 @@ def _source_text() -> str:
     return "\n".join(p.read_text() for p in (ROOT / "embed_pipeline").rglob("*.py"))
 
 
+def _helm_values() -> dict:
+    return yaml.safe_load((HELM / "values.yaml").read_text())
+
+
 def test_helm_values_run_our_code_location_with_gpu_run_pods_and_shared_artifacts():
-    values = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
-    claim = yaml.safe_load((ROOT / "deploy" / "helm" / "artifacts-pvc.yaml").read_text())
+    values = _helm_values()
+    claim = yaml.safe_load((HELM / "artifacts-pvc.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     launcher = values["runLauncher"]
     run_pod = launcher["config"]["k8sRunLauncher"]["runK8sConfig"]
@@ -117,3 +127,111 @@ def test_helm_values_run_our_code_location_with_gpu_run_pods_and_shared_artifact
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["k8s"] == ["dagster-k8s==0.29.27"]  # the run launcher's library, same release as dagster
+
+
+def _chart_schema(*, with_required: bool) -> dict:
+    """The dagster/dagster chart's own values schema, for checking deploy/helm/values.yaml without Helm.
+
+    Vendored verbatim as deploy/helm/dagster-chart-values.schema.json from dagster-io/dagster,
+    helm/dagster/values.schema.json at commit 2bdb239558bfe98dc2a89e2e0c2f3f849367fdd4 (the newest stored
+    version found; it has the chart's `concurrency` block). Its Kubernetes object shapes (probes, volumes,
+    resources...) are remote `$ref`s to yannh/kubernetes-json-schema, which this offline check drops: those
+    objects are checked only as the chart's own definitions describe them (objects, arrays, string maps).
+    """
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {
+                key: walk(value)
+                for key, value in node.items()
+                if not (key == "$ref" and not value.startswith("#"))
+                and (with_required or not (key == "required" and isinstance(value, list)))
+            }
+        return [walk(item) for item in node] if isinstance(node, list) else node
+
+    return walk(json.loads((HELM / "dagster-chart-values.schema.json").read_text()))
+
+
+def _chart_schema_errors(values: dict) -> list[str]:
+    """Every way `values` breaks the chart's schema, as `path: message`, the way `helm install` would see them.
+
+    Helm validates these values merged onto the chart's defaults: a map we leave out or fill partly is
+    completed from the defaults, so the whole file is checked with `required` dropped (types, enums, unknown
+    keys, conditionals still apply); a list replaces the default wholesale, so each code-server deployment
+    (the one list of chart objects here) is checked in full, `required` included.
+    """
+
+    def describe(error: jsonschema.ValidationError, *prefix: str | int) -> str:
+        if error.context:  # anyOf: report the branch of the value's own type rather than repeat the whole value
+            cause = next((e for e in error.context if e.relative_path or e.validator != "type"), error.context[0])
+            return describe(cause, *prefix)
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (*prefix, *error.absolute_path))
+        return f"${path}: {error.message}"
+
+    schema = _chart_schema(with_required=True)
+    validator = jsonschema.validators.validator_for(schema)  # no "$schema" in it: the latest draft, 2020-12
+    validator.check_schema(schema)
+    errors = {describe(error) for error in validator(_chart_schema(with_required=False)).iter_errors(values)}
+    deployment_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/UserDeployment"}
+    for i, deployment in enumerate(values.get("dagster-user-deployments", {}).get("deployments") or []):
+        errors |= {
+            describe(error, "dagster-user-deployments", "deployments", i)
+            for error in validator(deployment_schema).iter_errors(deployment)
+        }
+    return sorted(errors)
+
+
+def test_helm_values_satisfy_the_charts_schema():
+    errors = _chart_schema_errors(_helm_values())
+    assert not errors, "\n".join(errors)
+
+
+def _set_port_to_a_string(values: dict) -> None:
+    values["dagster-user-deployments"]["deployments"][0]["port"] = "3030"
+
+
+def _drop_the_port(values: dict) -> None:
+    del values["dagster-user-deployments"]["deployments"][0]["port"]
+
+
+def _misspell_run_k8s_config(values: dict) -> None:
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    launcher["runK8sConfigs"] = launcher.pop("runK8sConfig")
+
+
+def _misspell_the_pool_limit(values: dict) -> None:
+    values["concurrency"]["pools"]["defaultLimits"] = values["concurrency"]["pools"].pop("defaultLimit")
+
+
+def _name_an_unknown_run_coordinator(values: dict) -> None:
+    values["dagsterDaemon"]["runCoordinator"]["type"] = "QueuedCoordinator"
+
+
+@pytest.mark.parametrize(
+    ("break_values", "where"),
+    [
+        (_set_port_to_a_string, "$.dagster-user-deployments.deployments[0].port: '3030' is not of type 'integer'"),
+        (_drop_the_port, "$.dagster-user-deployments.deployments[0]: 'port' is a required property"),
+        (_misspell_run_k8s_config, "$.runLauncher.config.k8sRunLauncher: Additional properties are not allowed ("),
+        (_misspell_the_pool_limit, "$.concurrency.pools: Additional properties are not allowed ('defaultLimits'"),
+        (_name_an_unknown_run_coordinator, "$.dagsterDaemon.runCoordinator.type: 'QueuedCoordinator' is not one of"),
+    ],
+)
+def test_charts_schema_rejects_a_broken_copy_of_the_values(break_values, where):
+    values = copy.deepcopy(_helm_values())
+    break_values(values)
+
+    errors = _chart_schema_errors(values)
+    assert any(error.startswith(where) for error in errors), errors
+
+
+def test_helm_values_give_the_instance_the_concurrency_of_dagster_yaml():
+    concurrency = _helm_values()["concurrency"]
+    for instance_yaml in (ROOT / "dagster.yaml", ROOT / "embed_pipeline" / "instance" / "dagster.postgres.yaml"):
+        instance = yaml.safe_load(instance_yaml.read_text())["concurrency"]
+        # Pool "gpu" gets no limit of its own in any instance yaml: it starts at the default, one slot.
+        assert concurrency["pools"] == {"defaultLimit": instance["pools"]["default_limit"]} == {"defaultLimit": 1}
+        assert concurrency["runs"] == {"maxConcurrentRuns": instance["runs"]["max_concurrent_runs"]}
+    assert concurrency["enabled"] is True  # the chart writes the block into dagster.yaml only when enabled
+    # Dagster rejects a run coordinator's own run limit next to a `concurrency` block.
+    assert "config" not in _helm_values()["dagsterDaemon"]["runCoordinator"]
