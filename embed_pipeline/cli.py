@@ -10,11 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from embed_pipeline.core.storage import ArtifactStore, StorageError, is_url
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 # The offline demo budget: enough questions to train on, small enough for a few minutes on 2 CPU cores.
 DEMO_MAX_CHUNKS = 120
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
+MODEL_CACHE = Path.home() / ".cache" / "embed_pipeline"  # local copies of models served from an object store
 
 
 class _ConsoleLogger(logging.Logger):
@@ -76,16 +79,20 @@ def _run_config(args: argparse.Namespace) -> dict:
 def run_pipeline(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from embed_pipeline.core.documents import DocumentError
     from embed_pipeline.core.versions import check_version_name, corpus_version_key
     from embed_pipeline.definitions import materialize_version
     from embed_pipeline.defs.resources import PipelineResource
 
-    docs = Path(args.docs)
-    if not docs.exists():
+    docs = args.docs if is_url(args.docs) else Path(args.docs).resolve()
+    if not is_url(docs) and not docs.exists():
         print(f"error: --docs {docs} does not exist", file=sys.stderr)
         return 2
     try:
         version = check_version_name(args.corpus_version) if args.corpus_version else corpus_version_key(docs)
+    except DocumentError as exc:
+        print(f"error: --docs: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"error: --corpus-version: {exc}", file=sys.stderr)
         return 2
@@ -96,17 +103,21 @@ def run_pipeline(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    out = Path(args.out).resolve()
     pipeline = PipelineResource(
-        docs_path=str(docs.resolve()),
-        artifacts_dir=str(out),
+        docs_path=str(docs),
+        artifacts_dir=args.out if is_url(args.out) else str(Path(args.out).resolve()),
+        workdir=os.environ.get("EMBED_PIPELINE_WORKDIR") or None,
         eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
         base_model=args.base_model,
         query_prompt=args.query_prompt,
         passage_prompt=args.passage_prompt,
     )
     run_config = {**_run_config(args), "loggers": {"console": {"config": {"log_level": args.log_level}}}}
-    instance = _instance(out)
+    try:
+        instance = _instance(pipeline.store().workdir)
+    except StorageError as exc:
+        print(f"error: --out: {exc}", file=sys.stderr)
+        return 2
     logging.setLoggerClass(_ConsoleLogger)
     try:
         result = materialize_version(
@@ -155,7 +166,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         else:
             engine = result.output_for_node("tensorrt_engine")
             print(f"TensorRT engine: {engine['path']}  (min cosine to PyTorch {engine['min_cosine']:.4f})")
-    print(f"corpus version:  {version}  (artifacts in {pipeline.version_artifacts(version)})")
+    print(f"corpus version:  {version}  (artifacts in {pipeline.store().address(pipeline.version_artifacts(version))})")
     print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     if args.json:
         print(json.dumps(report))
@@ -163,7 +174,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="artifacts", help="Artifacts folder (default: ./artifacts).")
+    parser.add_argument(
+        "--out",
+        default="artifacts",
+        help="Artifacts folder or object-store URL, s3://bucket/prefix (default: ./artifacts).",
+    )
     parser.add_argument("--config", help="YAML file of per-asset settings, {asset: {field: value}}.")
     parser.add_argument("--llm-model", help="litellm model string (default: the offline SmolLM2).")
     parser.add_argument("--llm-api-base", help="Base URL of an OpenAI-compatible server.")
@@ -226,8 +241,14 @@ def serve(args: argparse.Namespace) -> int:
             print(f"error: --api-key-env names {args.api_key_env!r}, which is not set", file=sys.stderr)
             return 2
     try:
+        # An object-store URL is served from a local copy (fetched once): any published export, e.g. to roll back.
+        model = ArtifactStore(os.environ.get("EMBED_PIPELINE_WORKDIR") or MODEL_CACHE).pull(args.model)
+    except (StorageError, FileNotFoundError) as exc:
+        print(f"error: --model {args.model}: {exc}", file=sys.stderr)
+        return 2
+    try:
         app = create_app(
-            args.model,
+            str(model),
             model_name=args.name,
             api_key=api_key,
             max_batch=args.max_batch,
@@ -299,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="Run everything on the bundled 300-abstract SciFact sample.")
     _add_run_flags(demo)
     server = commands.add_parser("serve", help="Serve an ONNX export as an OpenAI-compatible /v1/embeddings API.")
-    server.add_argument("--model", required=True, help="An ONNX export folder (models/onnx-RUN or onnx-int8-RUN).")
+    server.add_argument(
+        "--model",
+        required=True,
+        help="An ONNX export folder (models/onnx-RUN or onnx-int8-RUN), or its object-store URL.",
+    )
     server.add_argument("--name", help="Model name reported by the API (default: the folder name).")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)

@@ -31,7 +31,7 @@ def build_resources(pipeline: PipelineResource, device: str = "auto") -> dict:
     return {
         "pipeline": pipeline,
         "compute": TorchDeviceResource(device=device),
-        "io_manager": ArtifactIOManager(base_dir=pipeline.artifacts_dir),
+        "io_manager": ArtifactIOManager(base_dir=pipeline.artifacts_dir, workdir=pipeline.workdir),
     }
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from embed_pipeline.core.versions import check_version_name, corpus_version_key, snapshot_documents
 from embed_pipeline.defs.automation import documents_sensor, retrain_latest_version
-from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline.defs.resources import PipelineResource, default_pipeline_resource
 
 
 def _tick(instance, pipeline, cursor=None):
@@ -125,3 +125,10 @@ def test_sensor_skips_an_empty_folder_and_applies_the_automated_run_settings(tmp
         broken, _ = _tick(instance, pipeline, cursor)
     assert isinstance(broken, dg.SkipReason)
     assert broken.skip_message.startswith(f"EMBED_PIPELINE_RUN_CONFIG: {settings} must map asset names")
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_interval_setting_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("EMBED_PIPELINE_CACHE_SYNC_S", value)
+    with pytest.raises(ValueError, match=f"EMBED_PIPELINE_CACHE_SYNC_S='{value}' is not a positive number of seconds"):
+        default_pipeline_resource()

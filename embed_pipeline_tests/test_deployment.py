@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from embed_pipeline.cli import SERVE_ENV_PREFIX, build_parser
+from embed_pipeline.core.storage import is_url
 
 ROOT = Path(__file__).resolve().parents[1]
 HELM = ROOT / "deploy" / "helm"
@@ -96,9 +97,8 @@ def _helm_values() -> dict:
     return yaml.safe_load((HELM / "values.yaml").read_text())
 
 
-def test_helm_values_run_our_code_location_with_gpu_run_pods_and_shared_artifacts():
+def test_helm_values_run_our_code_location_with_gpu_run_pods_and_artifacts_on_an_object_store():
     values = _helm_values()
-    claim = yaml.safe_load((HELM / "artifacts-pvc.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     launcher = values["runLauncher"]
     run_pod = launcher["config"]["k8sRunLauncher"]["runK8sConfig"]
@@ -114,16 +114,19 @@ def test_helm_values_run_our_code_location_with_gpu_run_pods_and_shared_artifact
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in run_pod["podSpecConfig"][
         "tolerations"
     ]
-    # The code server, every run pod and the claim agree on one shared artifacts volume.
-    for pod_volumes, mounts in (
-        (deployment["volumes"], deployment["volumeMounts"]),
-        (run_pod["podSpecConfig"]["volumes"], run_pod["containerConfig"]["volumeMounts"]),
+    # The code server (sensor) and every run pod read and write the same object-store prefixes, and each keeps
+    # its working copy on a volume of its own: no volume is shared, so run pods can be on any GPU node.
+    code_env = {e["name"]: e["value"] for e in deployment["env"]}
+    run_env = {e["name"]: e["value"] for e in run_pod["containerConfig"]["env"]}
+    for name in ("EMBED_PIPELINE_ARTIFACTS", "EMBED_PIPELINE_DOCS"):
+        assert code_env[name] == run_env[name] and is_url(code_env[name]) and code_env[name].startswith("s3://")
+    for pod_volumes, mounts, env in (
+        (deployment["volumes"], deployment["volumeMounts"], code_env),
+        (run_pod["podSpecConfig"]["volumes"], run_pod["containerConfig"]["volumeMounts"], run_env),
     ):
-        assert {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod_volumes} == {
-            "artifacts": claim["metadata"]["name"]
-        }
-        assert mounts == [{"name": "artifacts", "mountPath": "/data/artifacts"}]
-    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert [v["name"] for v in pod_volumes if "emptyDir" in v] == ["work"] and len(pod_volumes) == 1
+        assert mounts == [{"name": "work", "mountPath": env["EMBED_PIPELINE_WORKDIR"]}]
+    assert "persistentVolumeClaim" not in json.dumps(values)
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["k8s"] == ["dagster-k8s==0.29.27"]  # the run launcher's library, same release as dagster

@@ -141,6 +141,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert saved and saved[-1] < 12
     (checkpoints / "checkpoint-11").mkdir(exist_ok=True)  # as if killed while writing a later checkpoint
 
+    published = []  # what an object store would receive: each checkpoint, once it is completely written
     stats = finetune(
         _training_rows(),
         base_model_path(None),
@@ -149,8 +150,10 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         batch_size=4,
         checkpoint_dir=checkpoints,
         checkpoint_steps=1,
+        on_checkpoint=lambda folder: published.append((folder.name, (folder / "trainer_state.json").is_file())),
     )
     assert stats["resumed_from_step"] == saved[-1] >= 3 and stats["steps"] == 12
+    assert published == [(f"checkpoint-{step}", True) for step in range(saved[-1] + 1, 13)]
     assert not checkpoints.exists()  # done: nothing left to resume
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -87,6 +88,7 @@ def finetune(
     checkpoint_steps: int | None = None,
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> dict:
     """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
     negatives (wrapped in MatryoshkaLoss when `matryoshka_dims` is given), and save a standard
@@ -96,7 +98,8 @@ def finetune(
     batches come from `QuestionBatchSampler`, so no question meets its own positives as negatives.
     With `validation`, nDCG@10 on it is measured before training and at every checkpoint, and the best
     checkpoint is the one saved. With `checkpoint_dir`, a checkpoint is written every `checkpoint_steps`
-    (default: every epoch) and a killed run of the same job resumes from the last one. Anchors are
+    (default: every epoch) and a killed run of the same job resumes from the last one; `on_checkpoint` is
+    called with each finished checkpoint folder (to upload it where another machine can resume it). Anchors are
     encoded with the model's query prompt and passages with its document prompt (`query_prompt`,
     `passage_prompt` override the base model's own); the saved model keeps them.
     The folder is written next to its final place and renamed, so a crash never leaves half a model.
@@ -105,6 +108,7 @@ def finetune(
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
 
     from embed_pipeline.core.device import load_bi_encoder
     from embed_pipeline.core.model_card import append_section, training_section
@@ -196,6 +200,13 @@ def finetune(
         loss=loss,
         evaluator=evaluator,
     )
+    if on_checkpoint:
+
+        class PublishCheckpoints(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):  # after the checkpoint is completely written
+                on_checkpoint(checkpoints / f"checkpoint-{state.global_step}")
+
+        trainer.add_callback(PublishCheckpoints())
     base_score = evaluator(model)[best_metric.removeprefix("eval_")] if evaluator else None
     # A checkpoint is complete once its trainer_state.json is written (the Trainer writes it last); one a
     # kill interrupted mid-write is removed, and training resumes from the last complete one.

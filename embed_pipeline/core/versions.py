@@ -7,7 +7,7 @@ backfill, after the live folder has moved on.
 
 Example::
 
-    key = corpus_version_key("docs/")          # "c-3fa94b1e07d2"
+    key = corpus_version_key("docs/")          # "c-3fa94b1e07d2" (or an object-store prefix, "s3://bucket/docs/")
     snapshot_documents("docs/", f"artifacts/versions/{key}/documents")
 """
 
@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from embed_pipeline.core.documents import DocumentError, list_files
+from embed_pipeline.core.storage import is_url
 
 __all__ = ["corpus_version_key", "snapshot_documents", "check_version_name", "stat_signature"]
 
@@ -27,33 +28,66 @@ KEY_PREFIX = "c-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def _files(path: Path) -> list[tuple[Path, str]]:
+def _files(path: str | Path) -> list[tuple[str, str, str]]:
+    """(file, its path relative to the set, a stamp of its size and modification) for every document file;
+    ``path`` is a local folder or file, or an object-store prefix (``s3://bucket/docs/``)."""
+    if is_url(path):
+        return _object_store_files(str(path).rstrip("/"))
+    path = Path(path)
     if path.is_file():
-        return [(path, path.name)]
-    if path.is_dir():
-        files = list_files(path)
-        if not files:
-            raise DocumentError(f"{path} holds no documents yet")
-        return files
-    raise DocumentError(f"{path} does not exist: point the documents setting at a folder or a corpus file")
+        found = [(path, path.name)]
+    elif path.is_dir():
+        found = list_files(path)
+    else:
+        raise DocumentError(f"{path} does not exist: point the documents setting at a folder or a corpus file")
+    if not found:
+        raise DocumentError(f"{path} holds no documents yet")
+    return [(str(file), relative, f"{file.stat().st_size}\0{file.stat().st_mtime_ns}") for file, relative in found]
+
+
+def _object_store_files(prefix: str) -> list[tuple[str, str, str]]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(prefix)
+    try:
+        listing = fs.find(root, detail=True)
+    except OSError as exc:
+        raise DocumentError(f"cannot list {prefix}: {exc}") from exc
+    found = []
+    for key, info in sorted(listing.items()):
+        relative = key.removeprefix(root.rstrip("/") + "/")
+        if info.get("type") == "file" and not any(part.startswith(".") for part in relative.split("/")):
+            stamp = f"{info.get('size')}\0{info.get('ETag') or info.get('mtime') or info.get('LastModified')}"
+            found.append((fs.unstrip_protocol(key), relative, stamp))
+    if not found:
+        raise DocumentError(f"{prefix} holds no documents yet")
+    return found
+
+
+def _read(file: str) -> bytes:
+    if not is_url(file):
+        return Path(file).read_bytes()
+    import fsspec
+
+    with fsspec.open(file, "rb") as f:
+        return f.read()
 
 
 def corpus_version_key(path: str | Path) -> str:
     """``c-`` + 12 hex digits of SHA-256 over the set's (relative path, file SHA-256) pairs, in path order.
     Hidden files are left out, as the loader leaves them out."""
     digest = hashlib.sha256()
-    for file, relative in _files(Path(path)):
-        digest.update(relative.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    for file, relative, _ in _files(path):
+        digest.update(relative.encode() + b"\0" + hashlib.sha256(_read(file)).digest())
     return KEY_PREFIX + digest.hexdigest()[:12]
 
 
 def stat_signature(path: str | Path) -> str:
-    """A cheap fingerprint (paths, sizes, modification times) that changes whenever the set may have: a
-    sensor hashes the contents only when this moves."""
+    """A cheap fingerprint (paths, sizes, modification times or ETags) that changes whenever the set may
+    have: a sensor hashes the contents only when this moves."""
     digest = hashlib.sha256()
-    for file, relative in _files(Path(path)):
-        stat = file.stat()
-        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for _, relative, stamp in _files(path):
+        digest.update(f"{relative}\0{stamp}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -72,17 +106,20 @@ def snapshot_documents(path: str | Path, dest: str | Path) -> Path:
     ``dest`` and return ``dest``, which ``load_documents`` reads as
     it read ``path``. Written into a temporary sibling and renamed, so a crash never leaves half a
     snapshot; an existing snapshot is kept as it is (a version's documents never change)."""
-    source, dest = Path(path), Path(dest)
+    dest = Path(dest)
     if dest.exists():
         return dest
-    files = _files(source)
+    files = _files(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        for file, relative in files:
+        for file, relative, _ in files:
             copy = staging / relative
             copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, copy)  # a copy, not a hard link: an edit in place would change a link
+            if is_url(file):
+                copy.write_bytes(_read(file))
+            else:
+                shutil.copy2(file, copy)  # a copy, not a hard link: an edit in place would change a link
         staging.chmod(0o755)
         staging.rename(dest)
     except BaseException:

@@ -12,7 +12,7 @@ from embed_pipeline.config import asset_run_config, load_asset_settings
 from embed_pipeline.core.documents import DocumentError
 from embed_pipeline.core.versions import corpus_version_key, stat_signature
 from embed_pipeline.defs.partitions import corpus_versions
-from embed_pipeline.defs.resources import PipelineResource
+from embed_pipeline.defs.resources import PipelineResource, env_seconds
 
 RETRAIN_CRON = os.environ.get("EMBED_PIPELINE_RETRAIN_CRON", "0 3 * * 0")  # Sundays 03:00
 RUN_CONFIG_ENV = "EMBED_PIPELINE_RUN_CONFIG"  # YAML {asset: {field: value}} for automated runs
@@ -38,7 +38,7 @@ def automated_run_config() -> dict:
 
 @dg.sensor(
     job=train_corpus_version,
-    minimum_interval_seconds=int(os.environ.get("EMBED_PIPELINE_SENSOR_INTERVAL_S", "30")),
+    minimum_interval_seconds=int(env_seconds("EMBED_PIPELINE_SENSOR_INTERVAL_S", 30)),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def documents_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):

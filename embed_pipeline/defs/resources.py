@@ -1,12 +1,15 @@
 """Dagster resources: where documents and artifacts live, and the one compute device."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
 from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
 from embed_pipeline.core.documents import DocumentError
+from embed_pipeline.core.storage import ArtifactStore, shared_append_log
 from embed_pipeline.core.versions import KEY_PREFIX, corpus_version_key, snapshot_documents
 
 VERSIONS_DIR = "versions"
@@ -18,26 +21,43 @@ class PipelineResource(dg.ConfigurableResource):
     """Inputs and outputs of the pipeline: the documents, optional real queries, artifacts, base model."""
 
     docs_path: str
-    artifacts_dir: str
+    artifacts_dir: str  # a folder, or an object-store URL such as s3://bucket/prefix
+    workdir: str | None = None  # local working copy of an object store's artifacts (default: a temp folder)
+    cache_sync_s: float = 10.0  # object store: how often a run uploads the LLM responses it paid for
     eval_beir_dir: str | None = None
     base_model: str | None = None
     query_prompt: str | None = None
     passage_prompt: str | None = None
 
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.artifacts_dir, self.workdir)
+
     def artifacts(self, *parts: str) -> Path:
-        """A path under the artifacts folder (its parent created); shared by every corpus version."""
-        path = Path(self.artifacts_dir, *parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        """Where a step writes an artifact (its parent created): under the artifacts folder, or the local
+        working copy of an object store (then `publish` uploads it)."""
+        return self.store().local(*parts)
 
     def version_artifacts(self, version: str, *parts: str) -> Path:
         """A path under one corpus version's folder, ``versions/VERSION/``."""
         return self.artifacts(VERSIONS_DIR, version, *parts)
 
+    def publish(self, local: str | Path) -> str:
+        """Upload a finished artifact to an object store (nothing to do on disk); its address, which
+        downstream steps give to `local_copy`."""
+        return self.store().push(local)
+
+    def local_copy(self, address: str) -> Path:
+        """A local copy of a published artifact (the path itself on disk)."""
+        return self.store().pull(address)
+
     def version_documents(self, version: str) -> Path:
-        """The documents of corpus ``version``: its snapshot, taken from ``docs_path`` on first use. A
-        content-hash version (``c-...``) must match the documents it pins, so it never names other text."""
+        """The documents of corpus ``version``: its snapshot, taken from ``docs_path`` on first use (and
+        published, so every machine reads the same copy). A content-hash version (``c-...``) must match the
+        documents it pins, so it never names other text."""
+        store = self.store()
         pinned = self.version_artifacts(version, "documents")
+        if store.remote and store.exists(pinned):
+            return store.pull(store.address(pinned))
         if not pinned.exists() and version.startswith(KEY_PREFIX):
             live = corpus_version_key(self.docs_path)
             if live != version:
@@ -46,7 +66,16 @@ class PipelineResource(dg.ConfigurableResource):
                     f"to {live}: materialize version {live} instead (the documents sensor adds it), or restore "
                     "the documents"
                 )
-        return snapshot_documents(self.docs_path, pinned)
+        snapshot_documents(self.docs_path, pinned)
+        if store.remote:
+            store.push(pinned)
+        return pinned
+
+    @contextmanager
+    def llm_cache(self, run_id: str) -> Iterator[Path]:
+        """The LLM response cache shared by every version and run (see `core.storage.shared_append_log`)."""
+        with shared_append_log(self.store(), "cache/llm_responses", run_id, self.cache_sync_s) as path:
+            yield path
 
     def base_model_path(self) -> str:
         return base_model_path(self.base_model)
@@ -65,6 +94,18 @@ class TorchDeviceResource(dg.ConfigurableResource):
         return resolve_device(self.device)
 
 
+def env_seconds(variable: str, default: float) -> float:
+    """A positive number of seconds from the environment, or ValueError naming the variable."""
+    value = os.environ.get(variable) or str(default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"{variable}={value!r} is not a positive number of seconds")
+    return seconds
+
+
 def default_pipeline_resource() -> PipelineResource:
     """From environment variables, falling back to the bundled SciFact sample and ./artifacts."""
     docs = os.environ.get("EMBED_PIPELINE_DOCS", str(SAMPLE_CORPUS / "corpus.jsonl"))
@@ -72,6 +113,8 @@ def default_pipeline_resource() -> PipelineResource:
     return PipelineResource(
         docs_path=docs,
         artifacts_dir=os.environ.get("EMBED_PIPELINE_ARTIFACTS", str(Path.cwd() / "artifacts")),
+        workdir=os.environ.get("EMBED_PIPELINE_WORKDIR") or None,
+        cache_sync_s=env_seconds("EMBED_PIPELINE_CACHE_SYNC_S", 10.0),
         eval_beir_dir=os.environ.get("EMBED_PIPELINE_EVAL_BEIR", default_eval) or None,
         base_model=os.environ.get("EMBED_PIPELINE_BASE_MODEL") or None,
         query_prompt=os.environ.get("EMBED_PIPELINE_QUERY_PROMPT") or None,

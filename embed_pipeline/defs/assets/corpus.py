@@ -31,7 +31,7 @@ def raw_documents(
             "skipped": dg.MetadataValue.md("\n".join(f"- `{s.path}`: {s.reason}" for s in loaded.skipped) or "none"),
             "characters": int(docs["text"].str.len().sum()),
             "source": pipeline.docs_path,
-            "pinned_copy": dg.MetadataValue.path(str(pinned)),
+            "pinned_copy": dg.MetadataValue.path(pipeline.store().address(pinned)),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )

@@ -70,6 +70,7 @@ def beir_report(
         raise ValueError(
             f"beir_report.gate_metric {config.gate_metric!r} is not a reported metric: use one of {METRIC_NAMES}"
         )
+    model_dir = str(pipeline.local_copy(finetuned_model["path"]))
     queries, qrels = synthetic_test_set(qa_splits)
     query_sets = {SYNTHETIC: (queries, qrels, False)}
     if pipeline.eval_beir_dir:
@@ -89,8 +90,8 @@ def beir_report(
         query_sets,
         models={
             "base": pipeline.base_model_path(),
-            "fine-tuned": finetuned_model["path"],
-            **{f"fine-tuned @{d}": finetuned_model["path"] for d in matryoshka},
+            "fine-tuned": model_dir,
+            **{f"fine-tuned @{d}": model_dir for d in matryoshka},
         },
         truncate_dims={f"fine-tuned @{d}": d for d in matryoshka},
         device=compute.torch_device(),
@@ -105,7 +106,7 @@ def beir_report(
     if config.regression_beir:
         ood = evaluate_on_beir(
             folder,
-            {"base": pipeline.base_model_path(), "fine-tuned": finetuned_model["path"]},
+            {"base": pipeline.base_model_path(), "fine-tuned": model_dir},
             AutoTokenizer.from_pretrained(pipeline.base_model_path()),
             ChunkingConfig().model_dump(),
             device=compute.torch_device(),
@@ -129,9 +130,11 @@ def beir_report(
     write_atomically(md_path, lambda tmp: tmp.write_text(table + "\n"))
     html = report_html(report, f"Evaluation report, run {context.run_id[:8]}", finetuned_model.get("dimension"))
     write_atomically(html_path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
-    report["report_json"], report["report_markdown"] = str(json_path), str(md_path)
-    report["report_html"] = str(html_path)
-    append_section(finetuned_model["path"], "Evaluation (embed_pipeline beir_report)", table)
+    report["report_json"], report["report_markdown"], report["report_html"] = (
+        pipeline.publish(path) for path in (json_path, md_path, html_path)
+    )
+    append_section(model_dir, "Evaluation (embed_pipeline beir_report)", table)
+    pipeline.publish(Path(model_dir, "README.md"))  # the model card, now with this evaluation
     headline = {
         f"{name}/{system}/{metric}": entry["systems"][system][metric]
         for name, entry in report["query_sets"].items()
@@ -147,7 +150,7 @@ def beir_report(
             )
         ),
         **headline,
-        "report_json": dg.MetadataValue.path(str(json_path)),
+        "report_json": dg.MetadataValue.path(report["report_json"]),
         "gate_passed": verdict["passed"],
     }
     yield dg.Output(report, metadata=metadata)

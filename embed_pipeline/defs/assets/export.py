@@ -47,15 +47,17 @@ def onnx_model(
 ):
     """model.onnx plus tokenizer files, checked against the PyTorch checkpoint on sample passages."""
     started = time.perf_counter()
+    model_dir = pipeline.local_copy(finetuned_model["path"])
     out_dir = pipeline.version_artifacts(context.partition_key, "models", f"onnx-{context.run_id[:8]}")
-    onnx_path = export_onnx(finetuned_model["path"], out_dir, opset=config.opset, fuse=config.fuse)
+    onnx_path = export_onnx(model_dir, out_dir, opset=config.opset, fuse=config.fuse)
     samples = _samples(chunked_corpus)
-    close = parity(finetuned_model["path"], out_dir, samples)
+    close = parity(model_dir, out_dir, samples)
     fusions = json.loads((out_dir / EXPORT_INFO).read_text(encoding="utf-8"))["fused"]
+    address = pipeline.publish(out_dir)
     yield dg.Output(
-        {"path": str(out_dir), "onnx_file": str(onnx_path), **close},
+        {"path": address, "onnx_file": f"{address}/{onnx_path.name}", **close},
         metadata={
-            "onnx_file": dg.MetadataValue.path(str(onnx_path)),
+            "onnx_file": dg.MetadataValue.path(f"{address}/{onnx_path.name}"),
             "size_mb": round(onnx_path.stat().st_size / 2**20, 1),
             **close,
             "fused_operators": dg.MetadataValue.json(fusions),
@@ -97,20 +99,22 @@ def onnx_int8_model(
     """Dynamic int8 quantization of the fp32 export (about 4x smaller, faster on CPU), with the same layout
     so `embed-pipeline serve` loads either; checked against PyTorch and against fp32 retrieval."""
     started = time.perf_counter()
+    fp32_dir = pipeline.local_copy(onnx_model["path"])
     out_dir = pipeline.version_artifacts(context.partition_key, "models", f"onnx-int8-{context.run_id[:8]}")
-    onnx_path = quantize_int8(onnx_model["path"], out_dir)
-    close = parity(finetuned_model["path"], out_dir, _samples(chunked_corpus))
+    onnx_path = quantize_int8(fp32_dir, out_dir)
+    close = parity(pipeline.local_copy(finetuned_model["path"]), out_dir, _samples(chunked_corpus))
     queries, qrels = synthetic_test_set(qa_splits)
     scored = evaluate_systems(
-        chunked_corpus, {SYNTHETIC: (queries, qrels, False)}, {"fp32": onnx_model["path"], "int8": str(out_dir)}
+        chunked_corpus, {SYNTHETIC: (queries, qrels, False)}, {"fp32": str(fp32_dir), "int8": str(out_dir)}
     )["query_sets"][SYNTHETIC]["systems"]
     drop = round(scored["fp32"]["nDCG@10"] - scored["int8"]["nDCG@10"], 4)
+    address = pipeline.publish(out_dir)
     yield dg.Output(
-        {"path": str(out_dir), "onnx_file": str(onnx_path), **close, "ndcg@10_drop_vs_fp32": drop},
+        {"path": address, "onnx_file": f"{address}/{onnx_path.name}", **close, "ndcg@10_drop_vs_fp32": drop},
         metadata={
-            "onnx_file": dg.MetadataValue.path(str(onnx_path)),
+            "onnx_file": dg.MetadataValue.path(f"{address}/{onnx_path.name}"),
             "size_mb": round(onnx_path.stat().st_size / 2**20, 1),
-            "fp32_size_mb": round(Path(onnx_model["onnx_file"]).stat().st_size / 2**20, 1),
+            "fp32_size_mb": round(Path(fp32_dir, Path(onnx_model["onnx_file"]).name).stat().st_size / 2**20, 1),
             **close,
             "ndcg@10_fp32": scored["fp32"]["nDCG@10"],
             "ndcg@10_int8": scored["int8"]["nDCG@10"],
@@ -152,14 +156,16 @@ def tensorrt_engine(
         return
     started = time.perf_counter()
     out_dir = pipeline.version_artifacts(context.partition_key, "models", f"tensorrt-{context.run_id[:8]}")
-    build_tensorrt_engine(finetuned_model["path"], out_dir, fp16=config.fp16, max_batch=config.max_batch)
+    model_dir = pipeline.local_copy(finetuned_model["path"])
+    build_tensorrt_engine(model_dir, out_dir, fp16=config.fp16, max_batch=config.max_batch)
     samples = _samples(chunked_corpus)
-    close = parity(finetuned_model["path"], out_dir, samples)
+    close = parity(model_dir, out_dir, samples)
     engines = list((out_dir / "trt_engines").glob("*.engine"))
+    address = pipeline.publish(out_dir)
     yield dg.Output(
-        {"path": str(out_dir), **close, "min_cosine_threshold": config.min_cosine, "texts": len(samples)},
+        {"path": address, **close, "min_cosine_threshold": config.min_cosine, "texts": len(samples)},
         metadata={
-            "path": dg.MetadataValue.path(str(out_dir)),
+            "path": dg.MetadataValue.path(address),
             "engine_mb": round(sum(e.stat().st_size for e in engines) / 2**20, 1),
             "fp16": config.fp16,
             "max_batch": config.max_batch,

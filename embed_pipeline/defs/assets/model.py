@@ -1,6 +1,7 @@
 """Hard negatives, training rows and the fine-tuned checkpoint (GPU pool)."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -90,17 +91,29 @@ def finetuned_model(
     )
     prompts = {"query_prompt": pipeline.query_prompt, "passage_prompt": pipeline.passage_prompt}
     job = checkpoint_key(training_set, {**settings, **prompts, "base_model": pipeline.base_model_path()})
+    store = pipeline.store()
+    checkpoints = pipeline.version_artifacts(context.partition_key, "checkpoints", job)
+    # On an object store: fetch the checkpoints another try of this job left, and upload new ones.
+    store.pull_subfolders(checkpoints)
+
+    def publish_checkpoint(folder: Path) -> None:
+        store.push(folder)
+        store.prune(checkpoints)  # and drop those the trainer rotated out
+
     stats = finetune(
         training_set,
         base_model=pipeline.base_model_path(),
         output_dir=pipeline.version_artifacts(context.partition_key, "models", f"finetuned-{context.run_id[:8]}"),
         device=compute.torch_device(),
         validation=validation,
-        checkpoint_dir=pipeline.version_artifacts(context.partition_key, "checkpoints", job),
+        checkpoint_dir=checkpoints,
         query_prompt=pipeline.query_prompt,
         passage_prompt=pipeline.passage_prompt,
+        on_checkpoint=publish_checkpoint if store.remote else None,
         **settings,
     )
+    stats["path"] = pipeline.publish(stats["path"])
+    store.remove(checkpoints)  # the job is done: nothing left to resume
     if stats["resumed_from_step"]:
         context.log.info(f"Resumed from step {stats['resumed_from_step']} of an earlier, interrupted run")
     context.add_output_metadata(

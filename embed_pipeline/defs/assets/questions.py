@@ -20,45 +20,47 @@ def synthetic_qa(
     chunked_corpus: pd.DataFrame,
 ) -> pd.DataFrame:
     """Questions an LLM wrote about each chunk, parsed and filtered; every response cached as it arrives."""
-    llm_cache = pipeline.artifacts("cache", "llm_responses.jsonl")  # generation and judge share it
-    result = generate_questions(
-        chunked_corpus,
-        config.llm_settings(),
-        cache_path=llm_cache,
-        questions_per_chunk=config.questions_per_chunk,
-        max_chunks=config.max_chunks,
-        seed=config.seed,
-        multihop_per_document=config.multihop_per_document,
-        prompt_style=config.prompt_style,
-    )
-    stats = result.stats
-    if result.questions.empty:
-        raise ValueError(
-            f"The LLM {config.model!r} produced no usable question ({stats['rejection_reasons']}); "
-            "see the rejected examples in the logs and check the model settings."
+    with pipeline.llm_cache(context.run_id) as llm_cache:  # generation and judge share it
+        result = generate_questions(
+            chunked_corpus,
+            config.llm_settings(),
+            cache_path=llm_cache,
+            questions_per_chunk=config.questions_per_chunk,
+            max_chunks=config.max_chunks,
+            seed=config.seed,
+            multihop_per_document=config.multihop_per_document,
+            prompt_style=config.prompt_style,
         )
-    for reason in sorted({r.split(":")[0] for r in result.rejected["reason"]}):
-        example = result.rejected[result.rejected["reason"].str.startswith(reason)].iloc[0]
-        context.log.info(f"Rejected ({reason}): {example['completion']!r}")
+        stats = result.stats
+        if result.questions.empty:
+            raise ValueError(
+                f"The LLM {config.model!r} produced no usable question ({stats['rejection_reasons']}); "
+                "see the rejected examples in the logs and check the model settings."
+            )
+        for reason in sorted({r.split(":")[0] for r in result.rejected["reason"]}):
+            example = result.rejected[result.rejected["reason"].str.startswith(reason)].iloc[0]
+            context.log.info(f"Rejected ({reason}): {example['completion']!r}")
 
-    model = None
-    if config.roundtrip == "base" or config.dedup_threshold is not None:
-        # Short texts only (questions; the corpus once for roundtrip="base"): CPU, outside the gpu pool.
-        model = pipeline.base_bi_encoder("cpu")
-    kept, dropped = filter_questions(
-        result.questions,
-        chunked_corpus,
-        model,
-        roundtrip=config.roundtrip,
-        roundtrip_top_k=config.roundtrip_top_k,
-        dedup_threshold=config.dedup_threshold,
-        min_complexity=config.min_complexity,
-    )
-    judge_stats: dict = {}
-    judge = config.judge_settings()
-    if judge is not None and not kept.empty:
-        kept, judged_out, judge_stats = judge_questions(kept, chunked_corpus, judge, llm_cache, config.judge_min_score)
-        dropped = pd.concat([dropped, judged_out], ignore_index=True)
+        model = None
+        if config.roundtrip == "base" or config.dedup_threshold is not None:
+            # Short texts only (questions; the corpus once for roundtrip="base"): CPU, outside the gpu pool.
+            model = pipeline.base_bi_encoder("cpu")
+        kept, dropped = filter_questions(
+            result.questions,
+            chunked_corpus,
+            model,
+            roundtrip=config.roundtrip,
+            roundtrip_top_k=config.roundtrip_top_k,
+            dedup_threshold=config.dedup_threshold,
+            min_complexity=config.min_complexity,
+        )
+        judge_stats: dict = {}
+        judge = config.judge_settings()
+        if judge is not None and not kept.empty:
+            kept, judged_out, judge_stats = judge_questions(
+                kept, chunked_corpus, judge, llm_cache, config.judge_min_score
+            )
+            dropped = pd.concat([dropped, judged_out], ignore_index=True)
     removed = dropped["filter"].value_counts().to_dict()
     if kept.empty:
         raise ValueError(
