@@ -238,3 +238,18 @@ def test_helm_values_give_the_instance_the_concurrency_of_dagster_yaml():
     assert concurrency["enabled"] is True  # the chart writes the block into dagster.yaml only when enabled
     # Dagster rejects a run coordinator's own run limit next to a `concurrency` block.
     assert "config" not in _helm_values()["dagsterDaemon"]["runCoordinator"]
+
+
+def test_object_store_settings_reach_every_service_that_reads_or_writes_artifacts():
+    services = _compose()["services"]
+    for name, service in services.items():
+        if name == "postgres":
+            continue
+        env = service["environment"]
+        # Passed through from the shell when set (no value here): credentials are never baked into the file.
+        assert {
+            env.get(key, "missing") for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+        } == {None}, name
+    artifacts = services["user_code"]["environment"]["EMBED_PIPELINE_ARTIFACTS"]
+    assert artifacts == "${EMBED_PIPELINE_ARTIFACTS:-/data/artifacts}"  # the volume unless a store URL is given
+    assert "artifacts:/data/artifacts" in services["user_code"]["volumes"]

@@ -13,7 +13,7 @@ import pytest
 
 from embed_pipeline.cli import main
 from embed_pipeline.core.export import OnnxEncoder
-from embed_pipeline.core.storage import COMPLETE_MARK, ArtifactStore, shared_append_log
+from embed_pipeline.core.storage import COMPLETE_MARK, ArtifactStore, StorageError, shared_append_log
 from embed_pipeline.core.versions import corpus_version_key
 from embed_pipeline.definitions import materialize_version
 from embed_pipeline.defs.automation import documents_sensor
@@ -241,3 +241,25 @@ def test_unknown_object_store_scheme_is_a_clear_error(tmp_path, capsys):
     code = main(["run", "--docs", str(tmp_path / "a.md"), "--out", "nosuchfs://bucket/x"])
     assert code == 2
     assert "nosuchfs://" in capsys.readouterr().err
+
+
+def test_a_store_without_credentials_is_a_clear_error_and_a_sensor_skip(s3, tmp_path, monkeypatch):
+    import s3fs
+
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for either
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        store = ArtifactStore(f"s3://{BUCKET}/artifacts", workdir=tmp_path)
+        with pytest.raises(StorageError, match=rf"s3://{BUCKET}/artifacts/x/model: the object store failed .*AWS_"):
+            store.pull(f"s3://{BUCKET}/artifacts/x/model")
+        pipeline = PipelineResource(docs_path=f"s3://{BUCKET}/docs/", artifacts_dir=str(tmp_path / "artifacts"))
+        with dg.instance_for_test() as instance:
+            with dg.build_sensor_context(instance=instance, resources={"pipeline": pipeline}) as context:
+                skipped = documents_sensor(context)
+        assert isinstance(skipped, dg.SkipReason)
+        assert f"cannot read the documents: s3://{BUCKET}/docs: the object store failed" in skipped.skip_message
+        assert "NoCredentialsError" in skipped.skip_message
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ArtifactStore", "StorageError", "is_url", "shared_append_log", "COMPLETE_MARK"]
+__all__ = ["ArtifactStore", "StorageError", "is_url", "shared_append_log", "store_errors", "COMPLETE_MARK"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,30 @@ def _filesystem(root: str):
             f"artifacts at {root}: no filesystem for {protocol}:// ({exc}). S3 works out of the box (s3fs); "
             "for others install the fsspec package (gcsfs for gs://, adlfs for az://)"
         ) from exc
+
+
+@contextmanager
+def store_errors(target: str | Path) -> Iterator[None]:
+    """Failures of the store itself (credentials, network, permissions, a missing bucket) as StorageError
+    naming what was being read or written and what to check; a missing artifact stays FileNotFoundError."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, StorageError, ValueError):
+        raise
+    except Exception as exc:
+        raise StorageError(
+            f"{target}: the object store failed ({type(exc).__name__}: {exc}). Check its credentials and endpoint "
+            "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) and that the bucket exists"
+        ) from exc
+
+
+def _reported(method):
+    @functools.wraps(method)
+    def wrapper(self, target, *args, **kwargs):
+        with store_errors(target):
+            return method(self, target, *args, **kwargs)
+
+    return wrapper
 
 
 class ArtifactStore:
@@ -88,6 +113,7 @@ class ArtifactStore:
         relative = Path(local).resolve().relative_to(self.workdir.resolve()).as_posix()
         return f"{self.root}/{relative}" if relative != "." else self.root
 
+    @_reported
     def push(self, local: str | Path) -> str:
         """Upload a finished file or folder of the working copy; its address. A folder already complete in
         the store is refused: artifacts are never overwritten in place."""
@@ -97,20 +123,18 @@ class ArtifactStore:
             return address
         if local.is_dir() and self.fs.exists(f"{address}/{COMPLETE_MARK}"):
             raise FileExistsError(f"{address} exists: artifact folders are never overwritten in place")
-        try:
-            if local.is_dir():
-                files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != COMPLETE_MARK)
-                targets = [f"{address}/{p.relative_to(local).as_posix()}" for p in files]
-                if files:
-                    self.fs.put([str(p) for p in files], targets)
-                self.fs.pipe(f"{address}/{COMPLETE_MARK}", b"")
-                (local / COMPLETE_MARK).touch()  # this copy is the artifact: no need to pull it back
-            else:
-                self.fs.put_file(str(local), address)
-        except OSError as exc:
-            raise StorageError(f"cannot upload {local} to {address}: {exc}") from exc
+        if local.is_dir():
+            files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != COMPLETE_MARK)
+            targets = [f"{address}/{p.relative_to(local).as_posix()}" for p in files]
+            if files:
+                self.fs.put([str(p) for p in files], targets)
+            self.fs.pipe(f"{address}/{COMPLETE_MARK}", b"")
+            (local / COMPLETE_MARK).touch()  # this copy is the artifact: no need to pull it back
+        else:
+            self.fs.put_file(str(local), address)
         return address
 
+    @_reported
     def pull(self, address: str | Path, refresh: bool = False) -> Path:
         """A local copy of the artifact at ``address`` (a URL or a local path, returned as it is). Folders are
         downloaded once (they never change); files again when ``refresh``. FileNotFoundError naming the
@@ -150,6 +174,7 @@ class ArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
         return local
 
+    @_reported
     def exists(self, local: str | Path) -> bool:
         """Whether the artifact written at ``local`` is in the store (a folder: completely)."""
         if not self.remote:
@@ -157,6 +182,7 @@ class ArtifactStore:
         address = self.address(local)
         return self.fs.isfile(address) or self.fs.exists(f"{address}/{COMPLETE_MARK}")
 
+    @_reported
     def pull_subfolders(self, local: str | Path) -> list[Path]:
         """Complete sub-folders of a folder in the store, pulled: e.g. the checkpoints of a training job."""
         if not self.remote:
@@ -173,6 +199,7 @@ class ArtifactStore:
                     continue  # an upload that never finished: as if it were not there
         return found
 
+    @_reported
     def prune(self, local: str | Path) -> None:
         """Delete the store's sub-folders of folder ``local`` that the working copy no longer has (the
         checkpoints a trainer rotated out), so that resuming elsewhere downloads only live ones."""
@@ -184,6 +211,7 @@ class ArtifactStore:
             if entry["type"] == "directory" and not Path(local, name).exists():
                 self.fs.rm(f"{address}/{name}", recursive=True)
 
+    @_reported
     def remove(self, local: str | Path) -> None:
         """Delete an artifact from the working copy and the store (a training job's finished checkpoints)."""
         if Path(local).is_dir():
@@ -218,10 +246,10 @@ def shared_append_log(store: ArtifactStore, name: str, run_id: str, sync_s: floa
         return
     own = f"{run_id[:8]}-{uuid.uuid4().hex[:8]}"
     joined = store.local("runs", own, f"{Path(name).name}.jsonl")
-    shards = store.fs.find(f"{store.root}/{name}") if store.fs.isdir(f"{store.root}/{name}") else []
     whole = f"{store.root}/{name}.jsonl"  # a log copied up from a local artifacts folder
-    sources = ([whole] if store.fs.isfile(whole) else []) + [s for s in shards if s.endswith(".jsonl")]
-    with joined.open("wb") as out:
+    with store_errors(f"{store.root}/{name}"), joined.open("wb") as out:
+        shards = store.fs.find(f"{store.root}/{name}") if store.fs.isdir(f"{store.root}/{name}") else []
+        sources = ([whole] if store.fs.isfile(whole) else []) + [s for s in shards if s.endswith(".jsonl")]
         for data in store.fs.cat(sources, on_error="raise").values() if sources else []:
             out.write(data if data.endswith(b"\n") or not data else data + b"\n")
     start, uploaded = joined.stat().st_size, [joined.stat().st_size]

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from embed_pipeline.core.documents import DocumentError, list_files
-from embed_pipeline.core.storage import is_url
+from embed_pipeline.core.storage import StorageError, is_url, store_errors
 
 __all__ = ["corpus_version_key", "snapshot_documents", "check_version_name", "stat_signature"]
 
@@ -50,9 +50,10 @@ def _object_store_files(prefix: str) -> list[tuple[str, str, str]]:
 
     fs, root = fsspec.core.url_to_fs(prefix)
     try:
-        listing = fs.find(root, detail=True)
-    except OSError as exc:
-        raise DocumentError(f"cannot list {prefix}: {exc}") from exc
+        with store_errors(prefix):
+            listing = fs.find(root, detail=True)
+    except StorageError as exc:
+        raise DocumentError(str(exc)) from exc
     found = []
     for key, info in sorted(listing.items()):
         relative = key.removeprefix(root.rstrip("/") + "/")

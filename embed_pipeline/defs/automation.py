@@ -10,6 +10,7 @@ import dagster as dg
 
 from embed_pipeline.config import asset_run_config, load_asset_settings
 from embed_pipeline.core.documents import DocumentError
+from embed_pipeline.core.storage import StorageError
 from embed_pipeline.core.versions import corpus_version_key, stat_signature
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource, env_seconds
@@ -57,7 +58,7 @@ def documents_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineReso
             return dg.SkipReason(f"{pipeline.docs_path} hashes to {version}, an existing corpus version")
         run_config = automated_run_config()
         pipeline.version_documents(version)
-    except (DocumentError, OSError) as exc:
+    except (DocumentError, OSError, StorageError) as exc:
         return dg.SkipReason(f"cannot read the documents: {exc}")
     except ValueError as exc:
         return dg.SkipReason(f"{RUN_CONFIG_ENV}: {exc}")
