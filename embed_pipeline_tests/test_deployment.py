@@ -155,6 +155,15 @@ def _chart_schema(*, with_required: bool) -> dict:
     return walk(json.loads((HELM / "dagster-chart-values.schema.json").read_text()))
 
 
+def _describe(error: jsonschema.ValidationError, *prefix: str | int) -> str:
+    """A schema error as `path: message`, the path from the validated document's root (`prefix` first)."""
+    if error.context:  # anyOf/oneOf: report the branch of the value's own type rather than repeat the whole value
+        cause = next((e for e in error.context if e.relative_path or e.validator != "type"), error.context[0])
+        return _describe(cause, *prefix)
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (*prefix, *error.absolute_path))
+    return f"${path}: {error.message}"
+
+
 def _chart_schema_errors(values: dict) -> list[str]:
     """Every way `values` breaks the chart's schema, as `path: message`, the way `helm install` would see them.
 
@@ -164,21 +173,14 @@ def _chart_schema_errors(values: dict) -> list[str]:
     (the one list of chart objects here) is checked in full, `required` included.
     """
 
-    def describe(error: jsonschema.ValidationError, *prefix: str | int) -> str:
-        if error.context:  # anyOf: report the branch of the value's own type rather than repeat the whole value
-            cause = next((e for e in error.context if e.relative_path or e.validator != "type"), error.context[0])
-            return describe(cause, *prefix)
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (*prefix, *error.absolute_path))
-        return f"${path}: {error.message}"
-
     schema = _chart_schema(with_required=True)
     validator = jsonschema.validators.validator_for(schema)  # no "$schema" in it: the latest draft, 2020-12
     validator.check_schema(schema)
-    errors = {describe(error) for error in validator(_chart_schema(with_required=False)).iter_errors(values)}
+    errors = {_describe(error) for error in validator(_chart_schema(with_required=False)).iter_errors(values)}
     deployment_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/UserDeployment"}
     for i, deployment in enumerate(values.get("dagster-user-deployments", {}).get("deployments") or []):
         errors |= {
-            describe(error, "dagster-user-deployments", "deployments", i)
+            _describe(error, "dagster-user-deployments", "deployments", i)
             for error in validator(deployment_schema).iter_errors(deployment)
         }
     return sorted(errors)
@@ -253,3 +255,114 @@ def test_object_store_settings_reach_every_service_that_reads_or_writes_artifact
     artifacts = services["user_code"]["environment"]["EMBED_PIPELINE_ARTIFACTS"]
     assert artifacts == "${EMBED_PIPELINE_ARTIFACTS:-/data/artifacts}"  # the volume unless a store URL is given
     assert "artifacts:/data/artifacts" in services["user_code"]["volumes"]
+
+
+def _compose_spec() -> dict:
+    """The Compose Specification's JSON schema, which `docker compose` checks every compose file against.
+
+    Vendored verbatim as deploy/compose-spec.schema.json from compose-spec/compose-spec, schema/compose-spec.json
+    at commit b2835e8acc1e42e7aecbc27a9bc4a1fc66ef21ba (32,993 bytes; the newest stored version found: it has
+    `gpus`, `label_file`, `include`, `develop` and the `post_start`/`pre_stop` hooks, where the copies vendored
+    in compose-go and docker/compose are older). Draft 2019-09, no remote `$ref`s.
+    """
+    return json.loads((ROOT / "deploy" / "compose-spec.schema.json").read_text())
+
+
+def _compose_gpu_override() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+
+
+def _merge_compose(base, override):
+    """`override` merged onto `base`, approximately as `docker compose -f base -f override` does: mappings are
+    merged key by key, anything else is replaced (so a short `build: .` gives way to the override's long form,
+    which is what Compose ends with too). Neither argument is changed."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge_compose(base[k], v) if k in base else v for k, v in override.items()}}
+    return override
+
+
+def _compose_spec_errors(compose: dict, *, complete: bool = True) -> list[str]:
+    """Every way `compose` breaks the Compose Specification, as `path: message`.
+
+    Each file is checked on its own, as Compose loads it: an override file's services may be partial. A
+    `complete` project (the base file, or the files merged) must also meet the spec's own
+    `constraints.service`: every service has an image or a build with a context.
+    """
+    schema = _compose_spec()
+    validator = jsonschema.validators.validator_for(schema)  # "$schema" says draft 2019-09
+    validator.check_schema(schema)
+    errors = {_describe(error) for error in validator(schema).iter_errors(compose)}
+    if complete:
+        constraint = validator(schema["definitions"]["constraints"]["service"])
+        for name, service in (compose.get("services") or {}).items():
+            errors |= {_describe(error, "services", name) for error in constraint.iter_errors(service)}
+    return sorted(errors)
+
+
+def test_compose_files_satisfy_the_compose_spec():
+    base, override = _compose(), _compose_gpu_override()
+    merged = _merge_compose(base, override)
+
+    for name, compose, complete in (
+        ("docker-compose.yml", base, True),
+        ("docker-compose.gpu.yml", override, False),
+        ("docker-compose.yml + docker-compose.gpu.yml", merged, True),
+    ):
+        errors = _compose_spec_errors(compose, complete=complete)
+        assert not errors, f"{name}:\n" + "\n".join(errors)
+    # The merge kept the base service and added the override's GPU, build args and device setting to it.
+    user_code = merged["services"]["user_code"]
+    assert user_code["build"] == {"context": ".", "args": {"EXTRAS": "gpu"}} and "deploy" in user_code
+    assert user_code["environment"]["EMBED_PIPELINE_DEVICE"] == "cuda"
+    assert user_code["environment"]["DAGSTER_POSTGRES_HOST"] == "postgres" and user_code["healthcheck"]
+
+
+def _misspell_a_healthcheck(compose: dict) -> None:
+    compose["services"]["postgres"]["heathcheck"] = compose["services"]["postgres"].pop("healthcheck")
+
+
+def _wait_for_an_unknown_condition(compose: dict) -> None:
+    compose["services"]["webserver"]["depends_on"]["user_code"] = {"condition": "healthy"}
+
+
+def _give_a_healthcheck_a_list_of_retries(compose: dict) -> None:
+    compose["services"]["daemon"]["healthcheck"]["retries"] = [6]
+
+
+def _drop_the_postgres_image(compose: dict) -> None:
+    del compose["services"]["postgres"]["image"]
+
+
+def _misspell_the_volumes_block(compose: dict) -> None:
+    compose["volume"] = compose.pop("volumes")
+
+
+def _reserve_a_gpu_without_capabilities(compose: dict) -> None:
+    del compose["services"]["user_code"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"]
+
+
+@pytest.mark.parametrize(
+    ("load", "break_compose", "where"),
+    [
+        (_compose, _misspell_a_healthcheck, "$.services.postgres: 'heathcheck' does not match any of the regexes"),
+        (
+            _compose,
+            _wait_for_an_unknown_condition,
+            "$.services.webserver.depends_on.user_code.condition: 'healthy' is not one of ['service_started', ",
+        ),
+        (_compose, _give_a_healthcheck_a_list_of_retries, "$.services.daemon.healthcheck.retries: [6] is not of type"),
+        (_compose, _drop_the_postgres_image, "$.services.postgres: 'build' is a required property"),
+        (_compose, _misspell_the_volumes_block, "$: 'volume' does not match any of the regexes: '^x-'"),
+        (
+            _compose_gpu_override,
+            _reserve_a_gpu_without_capabilities,
+            "$.services.user_code.deploy.resources.reservations.devices[0]: 'capabilities' is a required property",
+        ),
+    ],
+)
+def test_compose_spec_rejects_a_broken_copy_of_a_compose_file(load, break_compose, where):
+    compose = copy.deepcopy(load())
+    break_compose(compose)
+
+    errors = _compose_spec_errors(compose, complete=load is _compose)
+    assert any(error.startswith(where) for error in errors), errors
