@@ -116,6 +116,7 @@ def test_shared_log_uploads_a_runs_lines_while_it_runs_and_joins_every_runs_line
             time.sleep(0.05)
         shards = s3.find(f"{BUCKET}/log/cache/llm_responses")
         assert len(shards) == 1, "the run's lines reach the store before it ends (a killed pod keeps them)"
+        assert shards[0].endswith(".running.jsonl")
         assert s3.cat(shards[0]) == b'{"key": "k1"}\n{"key": "k2"}\n'  # whole lines only
         with log_a.open("a") as f:
             f.write('"}\n')
@@ -125,7 +126,23 @@ def test_shared_log_uploads_a_runs_lines_while_it_runs_and_joins_every_runs_line
             f.write('{"key": "k3"}\n')
     shards = s3.find(f"{BUCKET}/log/cache/llm_responses")
     assert len(shards) == 2  # one per run: runs on two machines never overwrite each other's lines
+    assert not any(shard.endswith(".running.jsonl") for shard in shards)  # both finished
     assert s3.cat(next(s for s in shards if "/run-b" in s)) == b'{"key": "k3"}\n'
+
+
+def test_many_shards_are_folded_into_one_without_losing_a_line(s3, tmp_path):
+    store = ArtifactStore(f"s3://{BUCKET}/fold", workdir=tmp_path)
+    for run in range(5):
+        s3.pipe(f"{BUCKET}/fold/cache/log/run{run}.jsonl", f'{{"key": "k{run}"}}\n'.encode())
+    s3.pipe(f"{BUCKET}/fold/cache/log/busy.running.jsonl", b'{"key": "live"}\n')  # a run still writing
+    expected = sorted([f'{{"key": "k{run}"}}' for run in range(5)] + ['{"key": "live"}'])
+    with shared_append_log(store, "cache/log", "reader-1", compact_over=3) as joined:
+        assert sorted(joined.read_text().splitlines()) == expected
+    names = sorted(key.rsplit("/", 1)[-1] for key in s3.find(f"{BUCKET}/fold/cache/log"))
+    assert names[0] == "busy.running.jsonl" and names[1].endswith("-merged.jsonl") and len(names) == 2
+    with shared_append_log(store, "cache/log", "reader-2", compact_over=3) as joined:
+        assert sorted(joined.read_text().splitlines()) == expected
+    assert len(s3.find(f"{BUCKET}/fold/cache/log")) == 2  # under the threshold: nothing folded again
 
 
 def _write_docs(s3, prefix: str, count: int) -> None:

@@ -232,14 +232,25 @@ class ArtifactStore:
         return self.workdir / "external" / hashlib.sha256(address.encode()).hexdigest()[:16] / address.rsplit("/")[-1]
 
 
+RUNNING = ".running.jsonl"  # a shard its run is still writing: never folded, since the run rewrites it
+
+
+def _whole_lines(data: bytes) -> bytes:
+    return data if not data or data.endswith(b"\n") else data + b"\n"
+
+
 @contextmanager
-def shared_append_log(store: ArtifactStore, name: str, run_id: str, sync_s: float = 10.0) -> Iterator[Path]:
+def shared_append_log(
+    store: ArtifactStore, name: str, run_id: str, sync_s: float = 10.0, compact_over: int = 32
+) -> Iterator[Path]:
     """A local append-only file (JSON lines) holding every line any run wrote to the log ``name``.
 
     Local store: the file ``name.jsonl`` itself. Object store: runs on different machines cannot append to one
-    object, so each run keeps its own shard, ``name/RUN-ID.jsonl``; the file yielded starts as all shards
-    joined, and the lines this run adds are uploaded as its shard every ``sync_s`` seconds and on exit, so a
-    killed pod loses at most the last ``sync_s`` seconds. (The LLM response cache: paid calls survive any run.)
+    object, so each run keeps its own shard; the file yielded starts as all shards joined, and the lines this
+    run adds are uploaded as ``name/RUN.running.jsonl`` every ``sync_s`` seconds and, when it ends, as
+    ``name/RUN.jsonl``, so a killed pod loses at most the last ``sync_s`` seconds. (The LLM response cache:
+    paid calls survive any run.) More than ``compact_over`` finished shards are folded into one first, so a
+    run reads a few objects, not one per past run; running shards are never folded (their run rewrites them).
     """
     if not store.remote:
         yield store.local(f"{name}.jsonl")
@@ -247,13 +258,20 @@ def shared_append_log(store: ArtifactStore, name: str, run_id: str, sync_s: floa
     own = f"{run_id[:8]}-{uuid.uuid4().hex[:8]}"
     joined = store.local("runs", own, f"{Path(name).name}.jsonl")
     whole = f"{store.root}/{name}.jsonl"  # a log copied up from a local artifacts folder
-    with store_errors(f"{store.root}/{name}"), joined.open("wb") as out:
-        shards = store.fs.find(f"{store.root}/{name}") if store.fs.isdir(f"{store.root}/{name}") else []
-        sources = ([whole] if store.fs.isfile(whole) else []) + [s for s in shards if s.endswith(".jsonl")]
-        for data in store.fs.cat(sources, on_error="raise").values() if sources else []:
-            out.write(data if data.endswith(b"\n") or not data else data + b"\n")
+    with store_errors(f"{store.root}/{name}"):
+        found = store.fs.find(f"{store.root}/{name}") if store.fs.isdir(f"{store.root}/{name}") else []
+        finished = [key for key in found if key.endswith(".jsonl") and not key.endswith(RUNNING)]
+        running = [key for key in found if key.endswith(RUNNING)]  # other runs' (or killed runs') lines so far
+        done, live = (
+            b"".join(map(_whole_lines, store.fs.cat(keys).values())) if keys else b"" for keys in (finished, running)
+        )
+        joined.write_bytes((_whole_lines(store.fs.cat_file(whole)) if store.fs.isfile(whole) else b"") + done + live)
+        if len(finished) > compact_over:
+            store.fs.pipe(f"{store.root}/{name}/{own}-merged.jsonl", done)  # written before anything is deleted
+            store.fs.rm(finished)
+            log.info("%s: folded %d finished shards into one", name, len(finished))
     start, uploaded = joined.stat().st_size, [joined.stat().st_size]
-    shard = store.local(name, f"{own}.jsonl")
+    shard = store.local(name, f"{own}{RUNNING}")
     lock, stop = threading.Lock(), threading.Event()
 
     def upload() -> None:
@@ -281,4 +299,9 @@ def shared_append_log(store: ArtifactStore, name: str, run_id: str, sync_s: floa
         stop.set()
         thread.join()
         upload()
-        log.info("%s: %d new bytes in shard %s", name, uploaded[0] - start, store.address(shard))
+        if uploaded[0] > start:  # done: the shard under its final name, which a later run may fold
+            final = shard.rename(shard.with_name(f"{own}.jsonl"))
+            store.push(final)
+            with store_errors(store.address(shard)):
+                store.fs.rm(store.address(shard))
+            log.info("%s: %d new bytes in shard %s", name, uploaded[0] - start, store.address(final))
