@@ -33,13 +33,16 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     base_dir: str
     workdir: str | None = None
 
+    def _store(self) -> ArtifactStore:
+        return ArtifactStore(self.base_dir, self.workdir)
+
     def _local(self, context: dg.InputContext | dg.OutputContext, suffix: str) -> Path:
         """The working-copy path: ``versions/VERSION/ASSET.suffix`` for a corpus version's asset, else ``ASSET``."""
         parts = list(context.asset_key.path)
         if context.has_asset_partitions:
             parts = [VERSIONS_DIR, context.asset_partition_key, *parts]
         parts[-1] += suffix
-        return ArtifactStore(self.base_dir, self.workdir).local(*parts)
+        return self._store().local(*parts)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | dict) -> None:
         if isinstance(obj, pd.DataFrame):
@@ -50,11 +53,11 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             write_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False)))
         else:
             raise TypeError(f"{context.asset_key.to_user_string()}: cannot store {type(obj).__name__}")
-        address = ArtifactStore(self.base_dir, self.workdir).push(path)
+        address = self._store().push(path)
         context.add_output_metadata({"artifact": dg.MetadataValue.path(address)})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict:
-        store = ArtifactStore(self.base_dir, self.workdir)
+        store = self._store()
         for suffix in (".parquet", ".json"):
             path = self._local(context, suffix)
             if store.exists(path):
