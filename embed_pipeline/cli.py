@@ -68,6 +68,8 @@ def _run_config(args: argparse.Namespace) -> dict:
         ("synthetic_qa", "max_chunks"): args.max_chunks,
         ("synthetic_qa", "questions_per_chunk"): args.questions_per_chunk,
         ("synthetic_qa", "multihop_per_document"): args.multihop_per_document,
+        ("synthetic_qa", "query_forms"): args.query_forms,
+        ("synthetic_qa", "max_questions"): args.max_questions,
         ("finetuned_model", "epochs"): args.epochs,
     }
     for (asset, field), value in flags.items():
@@ -80,6 +82,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from embed_pipeline.core.documents import DocumentError
+    from embed_pipeline.core.query_examples import QueryExamplesError, load_query_examples
     from embed_pipeline.core.versions import check_version_name, corpus_version_key
     from embed_pipeline.definitions import materialize_version
     from embed_pipeline.defs.resources import PipelineResource
@@ -103,8 +106,15 @@ def run_pipeline(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.query_examples:
+        try:
+            load_query_examples(args.query_examples)
+        except QueryExamplesError as exc:
+            print(f"error: --query-examples: {exc}", file=sys.stderr)
+            return 2
     pipeline = PipelineResource(
         docs_path=str(docs),
+        query_examples=str(Path(args.query_examples).resolve()) if args.query_examples else None,
         artifacts_dir=args.out if is_url(args.out) else str(Path(args.out).resolve()),
         workdir=os.environ.get("EMBED_PIPELINE_WORKDIR") or None,
         eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
@@ -173,6 +183,18 @@ def run_pipeline(args: argparse.Namespace) -> int:
     return 3 if gate_failed else 0
 
 
+def _form_mix(text: str) -> dict[str, float]:
+    """`question=1,keywords=2` as a mix of query forms (argparse reports a bad one as an invalid value)."""
+    from embed_pipeline.core.sdg import normalise_form_mix
+
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return normalise_form_mix({form.strip(): float(weight) for form, weight in pairs})
+    except ValueError as exc:
+        message = str(exc) if "form" in str(exc) else "use FORM=WEIGHT,..."
+        raise argparse.ArgumentTypeError(f"{text!r}: {message}") from None
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
@@ -186,6 +208,19 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-chunks", type=int, help="Ask the LLM about at most this many chunks.")
     parser.add_argument("--questions-per-chunk", type=int, help="Questions per chunk.")
     parser.add_argument("--multihop-per-document", type=int, help="2-3-hop questions per document.")
+    parser.add_argument(
+        "--query-examples",
+        metavar="FILE",
+        help="3-50 real queries of your users (plain text, one a line, or a BEIR queries.jsonl): the generator "
+        "imitates their style, length and form; never scored.",
+    )
+    parser.add_argument(
+        "--query-forms",
+        type=_form_mix,
+        metavar="FORM=WEIGHT,...",
+        help="Mix of query forms, e.g. keywords=2,question=1 (forms: question, keywords, claim, problem).",
+    )
+    parser.add_argument("--max-questions", type=int, help="Ask for at most this many queries in all.")
     parser.add_argument("--epochs", type=int, help="Training epochs.")
     parser.add_argument("--base-model", help="Base bi-encoder: Hugging Face id or folder (default: all-MiniLM-L6-v2).")
     parser.add_argument("--query-prompt", help='Text prepended to queries, e.g. "query: " for E5 models.')

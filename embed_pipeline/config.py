@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from embed_pipeline.core.llm import DEFAULT_MODEL, LLMSettings
+from embed_pipeline.core.sdg import normalise_form_mix
 
 
 class DocumentsConfig(dg.Config):
@@ -30,7 +31,26 @@ class SyntheticQAConfig(dg.Config):
     model: str = Field(default=DEFAULT_MODEL, description="litellm model string, e.g. openai/gpt-4o-mini.")
     api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
-    questions_per_chunk: int = Field(default=1, description="Questions asked per chunk.")
+    questions_per_chunk: int = Field(
+        default=1,
+        ge=1,
+        description="Queries asked per chunk; the samples of one chunk and form are one request (a local model "
+        "evaluates the prompt once for all of them).",
+    )
+    query_forms: dict[str, float] | None = Field(
+        default=None,
+        description="Mix of query forms, weights by form (question, keywords, claim, problem), e.g. "
+        "{keywords: 2, question: 1}. Empty: the seed queries' mix when query examples are given, else all four "
+        "equally.",
+    )
+    max_questions: int | None = Field(
+        default=None, ge=1, description="Budget: at most this many queries (chunks asked = this / questions_per_chunk)."
+    )
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Budget: start no LLM call after this many seconds (the rest is asked by a later run).",
+    )
     multihop_per_document: int = Field(
         default=0,
         description="Also ask this many 2-3-hop questions per document, over neighbouring chunks "
@@ -67,6 +87,13 @@ class SyntheticQAConfig(dg.Config):
         description="Drop questions below this complexity (1-5; stated by json-style models, estimated for "
         "fewshot). The recipe uses 2 with capable models.",
     )
+    max_overlap: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Drop queries sharing more than this share of their content words with their passage (the "
+        "most copy-like); empty: off.",
+    )
     dedup_threshold: float | None = Field(
         default=0.9, description="Drop a question this cosine-similar to an earlier one (base model); empty: off."
     )
@@ -77,6 +104,11 @@ class SyntheticQAConfig(dg.Config):
     judge_api_base: str | None = Field(default=None, description="Base URL of the judge's server.")
     judge_api_key_env: str | None = Field(default=None, description="Environment variable of the judge's key.")
     judge_min_score: float = Field(default=7.0, description="Keep questions the judge scores overall >= this.")
+
+    @field_validator("query_forms")
+    @classmethod
+    def _known_forms(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        return None if mix is None else normalise_form_mix(mix)
 
     def llm_settings(self) -> LLMSettings:
         fields = LLMSettings.__dataclass_fields__

@@ -68,6 +68,6 @@ class OpenAIStub:
         self.server.server_close()
 
 
-def question_json(question: str, reasoning_type: str = "factual", complexity: int = 2) -> str:
-    """What a capable model answers to the JSON-schema question prompt."""
-    return json.dumps({"question": question, "reasoning_type": reasoning_type, "complexity": complexity})
+def question_json(question: str, reasoning_type: str = "factual", complexity: int = 2, form: str = "question") -> str:
+    """What a capable model answers to the JSON-schema query prompt."""
+    return json.dumps({"form": form, "query": question, "reasoning_type": reasoning_type, "complexity": complexity})

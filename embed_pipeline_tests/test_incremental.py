@@ -40,7 +40,13 @@ def test_two_corpus_versions_share_cached_questions_for_their_shared_chunks(tmp_
     pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(artifacts))
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
         # The stub's questions are near-identical by design: the filters are not under test here.
-        llm = {"model": "openai/stub", "api_base": server.url, "roundtrip": "none", "dedup_threshold": None}
+        llm = {
+            "model": "openai/stub",
+            "api_base": server.url,
+            "query_forms": {"question": 1},
+            "roundtrip": "none",
+            "dedup_threshold": None,
+        }
         run_config = {"ops": {"synthetic_qa": {"config": llm}}}
 
         first = materialize_version(first_version, pipeline, instance, selection=selection, run_config=run_config)
@@ -85,7 +91,13 @@ def test_api_key_never_reaches_logs_metadata_or_artifacts(tmp_path, monkeypatch)
 
     artifacts = tmp_path / "artifacts"
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
-        qa = {"model": "openai/stub", "api_base": server.url, "api_key_env": "EMBED_TEST_LLM_KEY", "roundtrip": "none"}
+        qa = {
+            "model": "openai/stub",
+            "api_base": server.url,
+            "query_forms": {"question": 1},
+            "api_key_env": "EMBED_TEST_LLM_KEY",
+            "roundtrip": "none",
+        }
         result = materialize_version(
             "v1",
             PipelineResource(docs_path=str(docs), artifacts_dir=str(artifacts)),

@@ -90,6 +90,7 @@ def test_judge_in_the_synthetic_qa_asset_reports_what_it_removed(tmp_path):
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
         qa = {
             "model": "openai/gen",
+            "query_forms": {"question": 1},
             "api_base": server.url,
             "judge_model": "openai/judge",
             "judge_api_base": server.url,

@@ -30,7 +30,11 @@ def test_asking_for_a_missing_llama_cpp_fails_before_any_work_with_the_install_h
     reason="llama-cpp-python is not installed (optional: pip install -e '.[llamacpp]', compiles ~10-20 min)",
 )
 def test_llama_cpp_runtime_writes_questions_through_the_same_code_path(tmp_path):
-    result = generate_questions(_chunks(3), LLMSettings(local_runtime="llama_cpp"), tmp_path / "cache.jsonl")
-    assert local_llm._PROVIDER_INSTANCE.engine_name == "llama_cpp"
+    settings = LLMSettings(local_runtime="llama_cpp")
+    result = generate_questions(_chunks(3), settings, tmp_path / "cache.jsonl", questions_per_chunk=2)
+    engine = local_llm._PROVIDER_INSTANCE.engine(settings.model)
+    assert isinstance(engine, local_llm._LlamaCppEngine)
     assert result.stats["llm_failures"] == 0 and result.stats["completion_tokens"] > 0
-    assert len(result.questions) + len(result.rejected) == 3
+    assert len(result.questions) + len(result.rejected) == 6
+    # the second sample of a chunk re-evaluates (almost) none of its prompt: llama.cpp kept its cache
+    assert result.stats["cached_prompt_tokens"] > result.stats["prompt_tokens"] / 3

@@ -49,7 +49,12 @@ def test_multihop_question_has_every_supporting_chunk_as_a_positive_after_unroll
     with OpenAIStub(answer) as server:
         settings = LLMSettings(model="openai/stub", api_base=server.url)
         result = generate_questions(
-            chunks, settings, tmp_path / "cache.jsonl", max_chunks=None, multihop_per_document=1
+            chunks,
+            settings,
+            tmp_path / "cache.jsonl",
+            max_chunks=None,
+            multihop_per_document=1,
+            form_mix={"question": 1},
         )
     multihop = result.questions[result.questions["hops"] > 1]
     assert len(multihop) == 1 and result.stats["accepted_multihop"] == 1

@@ -197,7 +197,12 @@ def test_every_asset_on_an_object_store_with_steps_on_different_machines(s3, tmp
     }
     upstream = ["raw_documents", "chunked_corpus", "synthetic_qa", "qa_splits", "hard_negatives", "training_set"]
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
-        settings = {**small, "synthetic_qa": {"config": {**llm_config, "model": "openai/stub", "api_base": server.url}}}
+        settings = {
+            **small,
+            "synthetic_qa": {
+                "config": {**llm_config, "model": "openai/stub", "api_base": server.url, "query_forms": {"question": 1}}
+            },
+        }
 
         def build(machine: str, selection: list[str]) -> dg.ExecuteInProcessResult:
             ops = {asset: config for asset, config in settings.items() if asset in selection}

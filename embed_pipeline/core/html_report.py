@@ -7,8 +7,8 @@ import re
 from html import escape
 
 from embed_pipeline.core.evaluation import KS
-from embed_pipeline.core.plots import matryoshka_curve_uri, metric_bars_uri, per_k_curves_uri
-from embed_pipeline.core.report import HEADLINE_METRICS, gate_summary
+from embed_pipeline.core.plots import matryoshka_curve_uri, metric_bars_uri, per_k_curves_uri, realism_histograms_uri
+from embed_pipeline.core.report import HEADLINE_METRICS, gate_summary, seeds_note
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -81,6 +81,42 @@ def _losses(losses: list[dict]) -> str:
     return "".join(parts)
 
 
+def _realism(section: dict) -> str:
+    """Length, overlap and form of each query set, and its distance to the real queries."""
+    reference = section.get("reference")
+    head = "".join(
+        f"<th>{escape(h)}</th>"
+        for h in (
+            "queries",
+            "n",
+            "words: median (p10-p90)",
+            "overlap: median (mean)",
+            "question/keywords/claim/problem",
+            f"KL length{' vs ' + reference if reference else ''}",
+            "KL overlap",
+        )
+    )
+    rows = []
+    for name, p in section["profiles"].items():
+        d = section["distances"].get(name) or {}
+        kl = [f"{d[m]['kl_real_vs_generated']:.3f}" if d.get(m) else "–" for m in ("length", "overlap")]
+        overlap = f"{p['overlap']['median']:.2f} ({p['overlap']['mean']:.2f})" if p["overlap"]["n"] else "–"
+        cells = [
+            name,
+            p["n"],
+            f"{p['length']['median']:g} ({p['length']['p10']:g}-{p['length']['p90']:g})",
+            overlap,
+            "/".join(str(v) for v in p["forms"].values()),
+            *kl,
+        ]
+        rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    note = (
+        "<p>Overlap: the share of a query's content words found in the passage it is about (for real queries, "
+        "their most relevant documents). KL: divergence of the real queries' histogram from this set's.</p>"
+    )
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{note}"
+
+
 def report_html(
     report: dict, title: str = "embed_pipeline evaluation report", full_dimension: int | None = None
 ) -> str:
@@ -96,6 +132,9 @@ def report_html(
         systems = entry["systems"]
         parts += [
             f"<h2>{escape(name)} ({entry['n_queries']} queries)</h2>",
+            f"<p>{escape(seeds_note(entry['excluded_seed_queries']))}</p>"
+            if entry.get("excluded_seed_queries")
+            else "",
             _table(systems, TABLE_METRICS),
             _comparisons(entry),
             f"<img alt='{escape(name)} metrics' src='{metric_bars_uri(systems, HEADLINE_METRICS, name)}'>",
@@ -109,6 +148,12 @@ def report_html(
             f"<h2>Out-of-domain regression check ({regression['n_queries']} queries)</h2>",
             f"<p><code>{escape(regression['collection'])}</code></p>",
             _table(regression["systems"], TABLE_METRICS),
+        ]
+    if report.get("query_realism"):
+        parts += [
+            "<h2>Query realism: generated next to real queries</h2>",
+            _realism(report["query_realism"]),
+            f"<img alt='query length and overlap' src='{realism_histograms_uri(report['query_realism']['profiles'])}'>",
         ]
     body = "\n".join(p for p in parts if p)
     return (

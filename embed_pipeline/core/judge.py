@@ -14,7 +14,7 @@ import re
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError
 
-from embed_pipeline.core.llm import LLMCall, LLMSettings, MalformedResponse, ResponseCache, run_calls
+from embed_pipeline.core.llm import LLMCall, LLMSettings, MalformedResponse, ResponseCache, model_identity, run_calls
 from embed_pipeline.core.question_filters import DROPPED_COLUMNS
 
 JUDGE_PROMPT_VERSION = "judge-v1"
@@ -84,19 +84,22 @@ def judge_questions(
         positives = list(positives)
         calls.append(
             LLMCall(
-                key=judge_key(settings.model, question, by_id.loc[positives, "content_hash"].tolist()),
+                keys=(
+                    judge_key(model_identity(settings.model), question, by_id.loc[positives, "content_hash"].tolist()),
+                ),
                 messages=judge_prompt(question, by_id.loc[positives, "passage"].tolist()),
+                validate=parse_judgement,
                 record={"prompt_version": JUDGE_PROMPT_VERSION},
             )
         )
-    run = run_calls(calls, settings, cache, desc="LLM judge", validate=parse_judgement)
+    run = run_calls(calls, settings, cache, desc="LLM judge")
 
     scores, reasons = [], []
     for call in calls:
-        entry = cache.get(call.key)
+        entry = cache.get(call.keys[0])
         if entry is None:
             scores.append(None)
-            reasons.append("judge call failed: " + run.failures[call.key])
+            reasons.append("judge call failed: " + run.failures[call.keys[0]])
             continue
         judgement = parse_judgement(entry["completion"])
         scores.append(judgement)

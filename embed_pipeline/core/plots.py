@@ -82,3 +82,27 @@ def matryoshka_curve_uri(points: dict[int, float], base: float, metric: str) -> 
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     return _data_uri(fig)
+
+
+def _realism_figure(profiles: dict[str, dict]):
+    """Length and overlap histograms of several query sets, each normalised to shares, side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    for ax, key, label in ((axes[0], "length_histogram", "words"), (axes[1], "overlap_histogram", "overlap")):
+        width = 0.8 / max(1, len(profiles))
+        for i, (name, profile) in enumerate(profiles.items()):
+            bins = profile[key]
+            total = max(1, sum(bins.values()))
+            ax.bar([x + i * width for x in range(len(bins))], [v / total for v in bins.values()], width, label=name)
+            ax.set_xticks(range(len(bins)), list(bins), rotation=45, fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("share of queries")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def realism_histograms_markdown(profiles: dict[str, dict]) -> str:
+    return _markdown_image(_realism_figure(profiles), "query length and overlap")
+
+
+def realism_histograms_uri(profiles: dict[str, dict]) -> str:
+    return _data_uri(_realism_figure(profiles))

@@ -1,5 +1,5 @@
-"""Quality filters for synthetic questions that need no LLM: complexity, round-trip consistency and
-near-duplicates.
+"""Quality filters for synthetic questions that need no LLM: lexical overlap, complexity, round-trip
+consistency and near-duplicates.
 
 Each filter returns the questions it keeps and a frame of the ones it dropped with a reason, so the
 asset can report how many each filter removed, with examples.
@@ -84,6 +84,14 @@ def near_duplicate_filter(questions: pd.DataFrame, model, threshold: float = 0.9
     return questions[~mask], _dropped(questions, mask, "near_duplicate", reasons)
 
 
+def overlap_filter(questions: pd.DataFrame, max_overlap: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop the most copy-like queries: those whose `overlap` (share of content words found in their passage)
+    exceeds `max_overlap`. Real users' queries reuse few of a passage's words."""
+    high = questions["overlap"] > max_overlap
+    reasons = "overlap " + questions["overlap"].round(2).astype(str) + f" > {max_overlap}"
+    return questions[~high], _dropped(questions, high, "overlap", reasons)
+
+
 def complexity_filter(questions: pd.DataFrame, min_complexity: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Drop questions whose complexity (1-5, stated by the model or estimated) is below `min_complexity`."""
     low = questions["complexity"] < min_complexity
@@ -99,10 +107,14 @@ def filter_questions(
     roundtrip_top_k: int = 10,
     dedup_threshold: float | None = 0.9,
     min_complexity: int = 1,
+    max_overlap: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Apply the complexity, round-trip and near-duplicate filters in that order; returns (kept, dropped
-    with filter and reason)."""
+    """Apply the overlap, complexity, round-trip and near-duplicate filters in that order; returns (kept,
+    dropped with filter and reason)."""
     dropped = []
+    if max_overlap is not None:
+        questions, out = overlap_filter(questions, max_overlap)
+        dropped.append(out)
     if min_complexity > 1:
         questions, out = complexity_filter(questions, min_complexity)
         dropped.append(out)

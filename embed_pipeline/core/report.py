@@ -21,6 +21,7 @@ from embed_pipeline.core.evaluation import (
     reciprocal_rank_fusion,
     retrieval_metrics,
 )
+from embed_pipeline.core.realism import realism_markdown
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
     parts = []
     for name, entry in report["query_sets"].items():
         parts.append(f"**{name}** ({entry['n_queries']} queries)\n\n{markdown_table(entry['systems'], metrics)}")
+        if entry.get("excluded_seed_queries"):
+            parts.append(seeds_note(entry["excluded_seed_queries"]))
         for system, c in entry.get("vs_base", {}).items():
             ci = f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "no CI (identical)"
             p = f"Wilcoxon p = {c['wilcoxon_p']:.3g}" if c["wilcoxon_p"] is not None else "no p-value"
@@ -248,7 +251,17 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
         if entry.get("largest_losses"):
             parts.append(f"Largest losses against base ({name}):")
             parts.append("\n".join(_loss_line(loss) for loss in entry["largest_losses"]))
+    if report.get("query_realism"):
+        parts.append(f"**query realism**\n\n{realism_markdown(report['query_realism'])}")
     return "\n\n".join(parts)
+
+
+def seeds_note(excluded: list[str]) -> str:
+    """Why some real queries are missing from the scores."""
+    return (
+        f"{len(excluded)} real queries are also seed queries (query_examples) and are not scored: they shaped the "
+        f"training queries (ids: {', '.join(excluded[:10])}{', …' if len(excluded) > 10 else ''})."
+    )
 
 
 def regression_markdown(regression: dict) -> str:

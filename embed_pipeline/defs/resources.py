@@ -9,6 +9,7 @@ import dagster as dg
 
 from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
 from embed_pipeline.core.documents import DocumentError
+from embed_pipeline.core.query_examples import SeedQuery, load_query_examples
 from embed_pipeline.core.storage import ArtifactStore, shared_append_log
 from embed_pipeline.core.versions import KEY_PREFIX, corpus_version_key, snapshot_documents
 
@@ -25,6 +26,9 @@ class PipelineResource(dg.ConfigurableResource):
     workdir: str | None = None  # local working copy of an object store's artifacts (default: a temp folder)
     cache_sync_s: float = 10.0  # object store: how often a run uploads the LLM responses it paid for
     eval_beir_dir: str | None = None
+    query_examples: str | None = (
+        None  # a few real user queries (text, one a line, or queries.jsonl): the prompt's seeds
+    )
     base_model: str | None = None
     query_prompt: str | None = None
     passage_prompt: str | None = None
@@ -77,6 +81,10 @@ class PipelineResource(dg.ConfigurableResource):
         with shared_append_log(self.store(), "cache/llm_responses", run_id, self.cache_sync_s) as path:
             yield path
 
+    def seed_queries(self) -> list[SeedQuery]:
+        """The users' example queries (`query_examples`), or none."""
+        return load_query_examples(self.query_examples) if self.query_examples else []
+
     def base_model_path(self) -> str:
         return base_model_path(self.base_model)
 
@@ -116,6 +124,7 @@ def default_pipeline_resource() -> PipelineResource:
         workdir=os.environ.get("EMBED_PIPELINE_WORKDIR") or None,
         cache_sync_s=env_seconds("EMBED_PIPELINE_CACHE_SYNC_S", 10.0),
         eval_beir_dir=os.environ.get("EMBED_PIPELINE_EVAL_BEIR", default_eval) or None,
+        query_examples=os.environ.get("EMBED_PIPELINE_QUERY_EXAMPLES") or None,
         base_model=os.environ.get("EMBED_PIPELINE_BASE_MODEL") or None,
         query_prompt=os.environ.get("EMBED_PIPELINE_QUERY_PROMPT") or None,
         passage_prompt=os.environ.get("EMBED_PIPELINE_PASSAGE_PROMPT") or None,

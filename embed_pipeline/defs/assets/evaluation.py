@@ -11,7 +11,9 @@ from embed_pipeline.config import ChunkingConfig, EvaluationConfig
 from embed_pipeline.core.evaluation import METRIC_NAMES, load_beir_queries
 from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.model_card import append_section
-from embed_pipeline.core.plots import metric_bars_markdown
+from embed_pipeline.core.plots import metric_bars_markdown, realism_histograms_markdown
+from embed_pipeline.core.query_examples import without_seeds
+from embed_pipeline.core.realism import query_realism, realism_markdown
 from embed_pipeline.core.report import (
     HEADLINE_METRICS,
     REAL,
@@ -73,8 +75,15 @@ def beir_report(
     model_dir = str(pipeline.local_copy(finetuned_model["path"]))
     queries, qrels = synthetic_test_set(qa_splits)
     query_sets = {SYNTHETIC: (queries, qrels, False)}
+    seeds = pipeline.seed_queries()
+    excluded: list[str] = []
     if pipeline.eval_beir_dir:
         real_queries, real_qrels = load_beir_queries(pipeline.eval_beir_dir)
+        # Seed queries shaped the training queries: scoring them would flatter the model.
+        real_queries, excluded = without_seeds(real_queries, seeds)
+        real_qrels = {q: rel for q, rel in real_qrels.items() if q in real_queries}
+        if excluded:
+            context.log.info(f"{len(excluded)} real queries are also seed queries (query_examples): not scored")
         known = set(chunked_corpus["doc_id"])
         unknown = sorted({d for rel in real_qrels.values() for d in rel} - known)
         if unknown:
@@ -100,6 +109,10 @@ def beir_report(
         query_prompt=pipeline.query_prompt,
         passage_prompt=pipeline.passage_prompt,
     )
+    if excluded:
+        report["query_sets"][REAL]["excluded_seed_queries"] = excluded
+    real = (real_queries, real_qrels) if pipeline.eval_beir_dir else (None, None)
+    report["query_realism"] = query_realism(qa_splits, chunked_corpus, *real, seed_queries=[s.text for s in seeds])
     verdict = gate(report, config.gate_metric, config.gate_tolerance, config.gate_query_set)
     report["gate"] = verdict
     regression = None
@@ -150,6 +163,11 @@ def beir_report(
             )
         ),
         **headline,
+        "query_realism": dg.MetadataValue.md(
+            realism_markdown(report["query_realism"])
+            + "\n\n"
+            + realism_histograms_markdown(report["query_realism"]["profiles"])
+        ),
         "report_json": dg.MetadataValue.path(report["report_json"]),
         "gate_passed": verdict["passed"],
     }

@@ -4,8 +4,11 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import SplitConfig, SyntheticQAConfig
+from embed_pipeline.core.evaluation import load_beir_queries
 from embed_pipeline.core.judge import judge_questions
+from embed_pipeline.core.plots import realism_histograms_markdown
 from embed_pipeline.core.question_filters import filter_questions
+from embed_pipeline.core.realism import query_realism, realism_markdown
 from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
 from embed_pipeline.defs.partitions import corpus_versions
@@ -19,7 +22,10 @@ def synthetic_qa(
     pipeline: PipelineResource,
     chunked_corpus: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Questions an LLM wrote about each chunk, parsed and filtered; every response cached as it arrives."""
+    """Queries an LLM wrote about each chunk (forms by the mix or the user's seed queries), parsed and
+    filtered; every response cached as it arrives. Metadata: counts per form, and the length, overlap and
+    form distributions next to the seed and real queries'."""
+    seeds = pipeline.seed_queries()
     with pipeline.llm_cache(context.run_id) as llm_cache:  # generation and judge share it
         result = generate_questions(
             chunked_corpus,
@@ -30,6 +36,10 @@ def synthetic_qa(
             seed=config.seed,
             multihop_per_document=config.multihop_per_document,
             prompt_style=config.prompt_style,
+            form_mix=config.query_forms,
+            query_examples=seeds,
+            max_questions=config.max_questions,
+            time_budget_s=config.time_budget_s,
         )
         stats = result.stats
         if result.questions.empty:
@@ -53,6 +63,7 @@ def synthetic_qa(
             roundtrip_top_k=config.roundtrip_top_k,
             dedup_threshold=config.dedup_threshold,
             min_complexity=config.min_complexity,
+            max_overlap=config.max_overlap,
         )
         judge_stats: dict = {}
         judge = config.judge_settings()
@@ -67,9 +78,26 @@ def synthetic_qa(
             f"All {len(result.questions)} generated questions were filtered out ({removed}); "
             "loosen roundtrip_top_k / dedup_threshold / judge_min_score or use a stronger LLM."
         )
+    real = load_beir_queries(pipeline.eval_beir_dir) if pipeline.eval_beir_dir else (None, None)
+    realism = query_realism(kept, chunked_corpus, *real, seed_queries=[s.text for s in seeds])
+    forms = (
+        pd.DataFrame(
+            {"asked": stats["forms_asked"], "parsed": stats["forms"], "kept": kept["form"].value_counts().to_dict()}
+        )
+        .fillna(0)
+        .astype(int)
+    )
     context.add_output_metadata(
         {
             **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
+            "forms": dg.MetadataValue.md(forms.rename_axis("form").to_markdown()),
+            "form_mix": dg.MetadataValue.json(stats["form_mix"]),
+            "realism": dg.MetadataValue.md(realism_markdown(realism)),
+            "realism_histograms": dg.MetadataValue.md(realism_histograms_markdown(realism["profiles"])),
+            "seed_queries": dg.MetadataValue.md(
+                "\n".join(f"- {s.text} ({s.form})" for s in seeds) if seeds else "none (query_examples not set)"
+            ),
+            "removed_by_overlap": int(removed.get("overlap", 0)),
             "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
             "reasoning_types": dg.MetadataValue.json(kept["reasoning_type"].value_counts().to_dict()),
             "complexity_histogram": dg.MetadataValue.json(
@@ -82,7 +110,9 @@ def synthetic_qa(
             **{f"judge_{k}": v for k, v in judge_stats.items() if v is not None},
             "questions": len(kept),
             "kept_examples": dg.MetadataValue.md(
-                kept[["question", "reasoning_type", "complexity", "source_chunk_id"]].head(8).to_markdown(index=False)
+                kept.groupby("form")
+                .head(3)[["form", "question", "overlap", "source_chunk_id"]]
+                .to_markdown(index=False)
             ),
             "dropped_examples": dg.MetadataValue.md(
                 dropped.groupby("filter").head(4)[["filter", "question", "reason"]].to_markdown(index=False)
