@@ -31,6 +31,21 @@ def test_missing_docs_path_and_bad_eval_folder_are_reported_before_any_work(tmp_
     assert "--corpus-version: corpus version '../v1' is not a valid name" in capsys.readouterr().err
 
 
+def test_bad_query_examples_and_form_mix_are_reported_before_any_work(tmp_path, capsys):
+    (tmp_path / "doc.md").write_text("some text " * 20)
+    (tmp_path / "seeds.txt").write_text("only one query\n")
+    out = str(tmp_path / "out")
+    assert (
+        main(["run", "--docs", str(tmp_path / "doc.md"), "--query-examples", str(tmp_path / "seeds.txt"), "--out", out])
+        == 2
+    )
+    assert "--query-examples: query examples" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--docs", str(tmp_path / "doc.md"), "--query-forms", "keyword=1"])
+    assert exit_info.value.code == 2 and "unknown form(s) ['keyword']" in capsys.readouterr().err
+
+
 def test_unreadable_config_file_is_named(tmp_path, capsys):
     (tmp_path / "doc.md").write_text("some text " * 20)
     (tmp_path / "cfg.yaml").write_text("synthetic_qa: [not, a, table]\n")

@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
+from embed_pipeline.core.sdg import check_query
 from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason
 from embed_pipeline.definitions import materialize_version
 from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
@@ -19,6 +20,7 @@ from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
 N_QUERIES, N_DOCS = 3, 10
 VERSION = "tiny-1"
 INT8_RETRIEVAL = "int8_retrieval_matches_fp32"
+SEEDS = ("Which gene mutations raise the risk of early-onset dementia?", "How is insulin resistance measured?")
 
 
 def odd_id(doc_id: str) -> str:
@@ -55,8 +57,15 @@ def tiny_beir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def materialized(tiny_beir, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("artifacts")
+    # Seed queries: two of the users' own and one that is also a real test query (so it is not scored).
+    seeds = artifacts / "seed_queries.txt"
+    first_real = json.loads((tiny_beir / "queries.jsonl").read_text().splitlines()[0])["text"]
+    seeds.write_text(f"{SEEDS[0]}\n{SEEDS[1]}\n{first_real}\n")
     pipeline = PipelineResource(
-        docs_path=str(tiny_beir / "corpus.jsonl"), artifacts_dir=str(artifacts), eval_beir_dir=str(tiny_beir)
+        docs_path=str(tiny_beir / "corpus.jsonl"),
+        artifacts_dir=str(artifacts),
+        eval_beir_dir=str(tiny_beir),
+        query_examples=str(seeds),
     )
     run_config = {
         "ops": {
@@ -112,19 +121,32 @@ def test_odd_ids_survive_and_questions_come_from_the_real_llm(materialized):
     chunks = result.output_for_node("chunked_corpus")
     assert chunks["doc_id"].str.match(r"^sci\.\d+/v:1$").all()
     questions = result.output_for_node("qa_splits")
-    assert questions["question"].str.endswith("?").all()
+    assert set(questions["form"]) <= {"question", "claim"}  # the seeds' forms: two questions and a claim
+    assert all(check_query(q, f, "") is None for q, f in zip(questions["question"], questions["form"], strict=True))
+    metadata = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path == ["synthetic_qa"]
+    )
+    assert SEEDS[0] in metadata["seed_queries"].value and "real queries" in metadata["realism"].value
     assert set(questions["model"]) == {"local/smollm2-135m-instruct"}
     assert set(questions.explode("positive_chunk_ids")["positive_chunk_ids"]) <= set(chunks["chunk_id"])
 
 
-def test_report_has_every_metric_for_every_system_on_both_query_sets(materialized):
+def test_report_has_every_metric_for_every_system_on_both_query_sets(materialized, tiny_beir):
     result, _ = materialized
     report = result.output_for_node("beir_report")
     expected = {f"{m}@{k}" for m in ("nDCG", "Recall", "MAP", "P") for k in KS} | {"MRR@10"}
     assert report["schema_version"] == 1
     assert set(report) >= {"query_sets", "timings_s", "corpus", "gate", "regression", "model_path", "report_html"}
     assert set(report["query_sets"]) == {SYNTHETIC, REAL}
-    assert report["query_sets"][REAL]["n_queries"] == N_QUERIES
+    real = json.loads((tiny_beir / "queries.jsonl").read_text().splitlines()[0])["_id"]
+    assert report["query_sets"][REAL]["n_queries"] == N_QUERIES - 1  # the seed query is not scored
+    assert report["query_sets"][REAL]["excluded_seed_queries"] == [real]
+    assert "1 real queries are also seed queries" in Path(report["report_markdown"]).read_text()
+    realism = report["query_realism"]
+    assert realism["reference"] == "real queries" and realism["profiles"]["real queries"]["n"] == N_QUERIES - 1
+    assert realism["profiles"]["seed queries"]["n"] == 3 and "generated" in realism["distances"]
     for entry in report["query_sets"].values():
         assert set(entry["systems"]) == {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
         assert set(entry["vs_base"]) == {"BM25", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}

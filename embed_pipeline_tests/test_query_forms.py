@@ -95,19 +95,27 @@ def test_each_form_parses_and_validates_in_json_style_and_a_wrong_form_is_asked_
     assert result.stats["forms"] == {form: 3} and result.stats["prompt_style"] == "json"
 
 
-def test_instructions_inside_a_chunk_cannot_change_the_output_format_in_any_json_form(tmp_path):
+@pytest.mark.parametrize("form", ["question", "keywords", "claim", "problem"])
+def test_instructions_inside_a_chunk_cannot_change_the_output_format_in_any_json_form(tmp_path, form):
+    """An endpoint that obeys the injected instruction gives no usable answer in any form: asked again, then
+    a recorded failure; the other chunk is unaffected."""
+    answers = {
+        "question": "Which substrate does enzyme E0 break down?",
+        "keywords": "E0 substrate",
+        "claim": "Enzyme E0 breaks down S0 outside the liver.",
+        "problem": "my enzyme E0 test came back odd, what does it cleave?",
+    }
+
     def obedient(prompt: str):
-        if "HACKED" in prompt:
-            return "HACKED"
-        i = prompt.rsplit("Passage ", 1)[1].split(":")[0]
-        return question_json(f"my enzyme E{i} test came back odd, what does it cleave?", form="problem")
+        return "HACKED" if "HACKED" in prompt else question_json(answers[form], form=form)
 
     chunks = _chunks(2)
     chunks.loc[1, "passage"] = f"Passage 1: {INJECTION}"
     with OpenAIStub(obedient) as server:
         settings = LLMSettings(model="openai/hosted", api_base=server.url, num_retries=1, backoff_s=0.01)
-        result = generate_questions(chunks, settings, tmp_path / "cache.jsonl", form_mix={"problem": 1})
-    assert result.questions["form"].tolist() == ["problem"] and result.stats["llm_failures"] == 1
+        result = generate_questions(chunks, settings, tmp_path / "cache.jsonl", form_mix={form: 1})
+    assert result.questions["question"].tolist() == [answers[form]] and result.stats["llm_failures"] == 1
+    assert "MalformedResponse" in result.rejected["reason"].iloc[0]
 
 
 def test_forms_are_spread_reproducibly_by_the_mix():

@@ -201,8 +201,10 @@ def query_realism(
     documents = chunks.groupby("doc_id", sort=False)["passage"].agg(" ".join).to_dict()
     about = [" ".join(passages.get(c, "") for c in ids) for ids in questions["positive_chunk_ids"]]
     sets: dict[str, tuple[list[str], list[str | None]]] = {"generated": (questions["question"].tolist(), about)}
+    # Questions written before query forms existed have no form column: they were all questions.
+    forms = questions["form"].tolist() if "form" in questions else ["question"] * len(questions)
     for form in QUERY_FORMS:
-        mask = (questions["form"] == form).tolist()
+        mask = [f == form for f in forms]
         if any(mask) and not all(mask):
             picked = [i for i, m in enumerate(mask) if m]
             sets[f"generated: {form}"] = ([questions["question"].iloc[i] for i in picked], [about[i] for i in picked])
