@@ -34,7 +34,7 @@ _QUESTION_START = re.compile(
 )
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|my|me|we|our|us)\b", re.IGNORECASE)
 LENGTH_BINS = (1, 3, 5, 7, 10, 14, 20, 30, 50, 80)  # upper edges (words) of the length histogram
-OVERLAP_BINS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+OVERLAP_BINS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the last bin: above 0.9
 
 
 def words(text: str) -> list[str]:
