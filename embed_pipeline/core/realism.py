@@ -32,7 +32,7 @@ _QUESTION_START = re.compile(
     r"has|have|had)\b",
     re.IGNORECASE,
 )
-_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|my|me|we|our|us)\b", re.IGNORECASE)
+FIRST_PERSON = re.compile(r"\b(i|i'm|i've|my|me|we|our|us)\b", re.IGNORECASE)
 LENGTH_BINS = (1, 3, 5, 7, 10, 14, 20, 30, 50, 80)  # upper edges (words) of the length histogram
 OVERLAP_BINS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the last bin: above 0.9
 
@@ -67,7 +67,7 @@ def form_of(query: str) -> str:
     n_words = query_length(text)
     if _QUESTION_START.match(text):
         return "question"
-    if _FIRST_PERSON.search(text) and n_words >= 5:
+    if FIRST_PERSON.search(text) and n_words >= 5:
         return "problem"
     if text.endswith("?"):
         return "question"
@@ -187,6 +187,12 @@ def realism_markdown(section: dict) -> str:
     return "\n".join(lines)
 
 
+def source_passages(questions, chunks) -> list[str]:
+    """The text each generated query was written from: its positive chunks, joined."""
+    passages = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
+    return [" ".join(passages.get(c, "") for c in ids) for ids in questions["positive_chunk_ids"]]
+
+
 def query_realism(
     questions,
     chunks,
@@ -197,9 +203,8 @@ def query_realism(
     """The realism section of a run: its generated queries (all, and per form), the seed queries, and the
     real queries (each compared with the text of its most relevant documents), with distances to the real
     ones. `questions` has question, form and positive_chunk_ids; `chunks` chunk_id, doc_id and passage."""
-    passages = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     documents = chunks.groupby("doc_id", sort=False)["passage"].agg(" ".join).to_dict()
-    about = [" ".join(passages.get(c, "") for c in ids) for ids in questions["positive_chunk_ids"]]
+    about = source_passages(questions, chunks)
     sets: dict[str, tuple[list[str], list[str | None]]] = {"generated": (questions["question"].tolist(), about)}
     # Questions written before query forms existed have no form column: they were all questions.
     forms = questions["form"].tolist() if "form" in questions else ["question"] * len(questions)

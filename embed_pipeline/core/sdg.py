@@ -40,12 +40,14 @@ from embed_pipeline.core.query_examples import (
     seeds_fingerprint,
 )
 from embed_pipeline.core.realism import (
+    FIRST_PERSON,
     QUERY_FORMS,
     QueryForm,
     lexical_overlap,
     public_profile,
     query_length,
     realism_profile,
+    source_passages,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,6 @@ _META_PHRASES = re.compile(
     r"|\bof the following\b|\bthe answer\b",
     re.IGNORECASE,
 )
-_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|my|me|we|our|us)\b", re.IGNORECASE)
 # Wording cues for labelling a question's reasoning type when the model does not state it (few-shot).
 _TYPE_CUES = (
     ("comparative", r"\b(compare|compared|comparison|differ|difference|versus|vs|than|between)\b"),
@@ -393,7 +394,7 @@ def check_query(query: str, form: str, passage: str, plan: PromptPlan = PromptPl
         return "not a question"
     if form in ("keywords", "claim") and query.endswith("?"):
         return f"a question, not {form}"
-    if form == "problem" and not _FIRST_PERSON.search(query):
+    if form == "problem" and not FIRST_PERSON.search(query):
         return "problem not told in the first person"
     if not shortest <= n_words <= longest:
         return f"length {n_words} words outside {shortest}-{longest}"
@@ -679,6 +680,4 @@ def generate_questions(
 
 def generated_profile(questions: pd.DataFrame, chunks: pd.DataFrame) -> dict:
     """The realism profile (length, overlap with the passages written from, form) of generated queries."""
-    passages = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
-    texts = [" ".join(passages.get(c, "") for c in ids) for ids in questions["positive_chunk_ids"]]
-    return realism_profile(questions["question"].tolist(), texts)
+    return realism_profile(questions["question"].tolist(), source_passages(questions, chunks))
