@@ -312,12 +312,16 @@ def evaluate(args: argparse.Namespace) -> int:
 
     from embed_pipeline.config import ChunkingConfig
     from embed_pipeline.core.device import base_model_path, resolve_device
+    from embed_pipeline.core.evaluation import saved_fusion
     from embed_pipeline.core.report import evaluate_on_beir, report_markdown
 
+    systems = _system_names(args.model)
+    # A model saved with its hybrid setting (fusion.json, or export.json's "hybrid") gets its hybrid row.
+    fusions = {name: saved_fusion(path) for name, path in systems.items() if not path.startswith(("http:", "https:"))}
     try:
         report = evaluate_on_beir(
             args.beir,
-            _system_names(args.model),
+            systems,
             AutoTokenizer.from_pretrained(base_model_path(None)),
             ChunkingConfig().model_dump(),
             args.split,
@@ -326,6 +330,8 @@ def evaluate(args: argparse.Namespace) -> int:
             query_prompt=args.query_prompt,
             passage_prompt=args.passage_prompt,
             api_key_env=args.api_key_env,
+            hybrids={f"hybrid ({name})": (name, f["bm25_weight"]) for name, f in fusions.items() if f},
+            ignore_identical_ids={"auto": None, "ignore": True, "keep": False}[args.identical_ids],
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -394,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--api-key-env", help="Environment variable holding the endpoint's bearer token.")
     scorer.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
     scorer.add_argument("--batch-size", type=int, default=64, help="Texts per encode call (or per request).")
+    scorer.add_argument(
+        "--identical-ids",
+        choices=["auto", "ignore", "keep"],
+        default="auto",
+        help="A retrieved document whose id is the query's id: ignore it (BEIR's rule), keep it, or auto: ignore "
+        "when some query ids are also document ids (ArguAna).",
+    )
     scorer.add_argument("--out", help="Also write the report JSON to this file.")
     scorer.add_argument("--html", help="Also write the report as a self-contained HTML page to this file.")
     scorer.add_argument("--json", action="store_true", help="Also print the report as one JSON line.")

@@ -11,6 +11,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, field_validator
 
+from embed_pipeline.core.document_pairs import PAIR_SOURCES
 from embed_pipeline.core.llm import DEFAULT_MODEL, LLMSettings
 from embed_pipeline.core.sdg import normalise_form_mix
 
@@ -76,8 +77,10 @@ class SyntheticQAConfig(dg.Config):
     timeout_s: float = Field(default=120.0, description="Timeout of one LLM call.")
     backoff_s: float = Field(default=1.0, description="First retry delay; doubles each retry (with jitter).")
     seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
-    roundtrip: Literal["bm25", "base", "none"] = Field(
-        default="bm25", description="Keep a question only if its source chunk ranks in the top k under this."
+    roundtrip: Literal["bm25", "base", "either", "none"] = Field(
+        default="bm25",
+        description="Keep a question only if its source chunk ranks in the top k under this (either: BM25 or the "
+        "base model, so validation favours neither).",
     )
     roundtrip_top_k: int = Field(default=10, description="k of the round-trip filter.")
     min_complexity: int = Field(
@@ -146,6 +149,57 @@ class MiningConfig(dg.Config):
         default=True,
         description="Never take another chunk of a positive's document as a negative (it often answers too).",
     )
+    document_pairs: list[str] = Field(
+        default=[],
+        description="Also train on pairs the documents give without an LLM: title → body, heading → section, "
+        "cloze (a sentence → the rest of its chunk); from training documents only, mined like questions.",
+    )
+    document_pair_share: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of the training queries that are document pairs (0.5: as many as LLM questions; "
+        "1: every pair the documents give).",
+    )
+
+    @field_validator("document_pairs")
+    @classmethod
+    def _known_sources(cls, sources: list[str]) -> list[str]:
+        unknown = sorted(set(sources) - set(PAIR_SOURCES))
+        if unknown:
+            raise ValueError(f"unknown document pair source(s) {unknown}: use {list(PAIR_SOURCES)}")
+        return sources
+
+
+class TeacherConfig(dg.Config):
+    teacher: Literal["none", "hybrid", "cross_encoder", "llm"] = Field(
+        default="none",
+        description="Score every mined (question, positive) and (question, negative) for margin-MSE "
+        "(finetuned_model.loss): hybrid fuses BM25 with the base model; cross_encoder trains one from the base "
+        "model on the synthetic pairs; llm: teacher_model grades relevance 0-3 (cached); none: no scores.",
+    )
+    bm25_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="BM25's weight in the hybrid teacher; empty: chosen on the validation questions (0.5 without any).",
+    )
+    cross_encoder_epochs: int = Field(default=1, ge=1, description="Training epochs of the cross-encoder teacher.")
+    cross_encoder_learning_rate: float = Field(default=2e-5, gt=0, description="Its peak learning rate.")
+    teacher_model: str | None = Field(default=None, description="litellm model string of the llm teacher.")
+    teacher_api_base: str | None = Field(default=None, description="Base URL of the llm teacher's server.")
+    teacher_api_key_env: str | None = Field(default=None, description="Environment variable of its API key.")
+
+    def llm_settings(self) -> LLMSettings:
+        """How the llm teacher is reached; ValueError when none is configured."""
+        if not self.teacher_model:
+            raise ValueError("teacher_scores.teacher is llm but teacher_scores.teacher_model is empty: name a model")
+        return LLMSettings(
+            model=self.teacher_model,
+            api_base=self.teacher_api_base,
+            api_key_env=self.teacher_api_key_env,
+            max_tokens=20,
+        )
 
 
 class TrainingConfig(dg.Config):
@@ -153,6 +207,12 @@ class TrainingConfig(dg.Config):
     epochs: int = Field(default=3, description="Training epochs.")
     learning_rate: float = Field(default=1e-5, description="Peak learning rate.")
     temperature: float = Field(default=0.02, description="InfoNCE temperature (loss scale = 1 / temperature).")
+    loss: Literal["mnrl", "margin_mse", "mnrl+margin_mse"] = Field(
+        default="mnrl",
+        description="mnrl: contrastive over in-batch and hard negatives; margin_mse: match the teacher's margins "
+        "(GPL; needs teacher_scores.teacher); mnrl+margin_mse: both.",
+    )
+    margin_weight: float = Field(default=1.0, gt=0, description="Weight of the margin-MSE term.")
     warmup_steps: int = Field(default=5, description="Linear warm-up steps.")
     batch_size: int | None = Field(
         default=None, description="Empty: the recipe's rule, 128 from 2,000 rows, else max(16, min(64, n // 8))."
@@ -170,6 +230,12 @@ class TrainingConfig(dg.Config):
     matryoshka_dims: list[int] | None = Field(
         default=None,
         description="Also train truncated embeddings of these sizes (MatryoshkaLoss), e.g. [384, 256, 128, 64].",
+    )
+    grid: list[dict[str, float]] = Field(
+        default=[],
+        description="Schedules to try, e.g. [{learning_rate: 1e-5}, {learning_rate: 5e-5, temperature: 0.05}] "
+        "(keys: learning_rate, temperature, epochs, margin_weight); the one with the best validation nDCG@10 is "
+        "kept. Empty: train once with the settings above.",
     )
     validation_corpus_size: int = Field(
         default=5000, description="Passages the validation questions are ranked among (their positives included)."
@@ -197,6 +263,11 @@ class EvaluationConfig(dg.Config):
         default="bundled",
         description="Out-of-domain BEIR folder the fine-tuned model must not get worse on (second blocking gate): "
         "bundled (120 general-knowledge passages, 60 queries, shipped with the package), a folder, or empty: off.",
+    )
+    ignore_identical_ids: bool | None = Field(
+        default=None,
+        description="Ignore a retrieved document whose id is the query's id (BEIR's rule); empty: on when some "
+        "real query ids are also document ids (ArguAna).",
     )
     regression_tolerance: float = Field(
         default=0.02, ge=0, description="The regression gate passes when fine-tuned >= base - this on gate_metric."
@@ -236,6 +307,7 @@ ASSET_CONFIGS: dict[str, type[dg.Config]] = {
     "synthetic_qa": SyntheticQAConfig,
     "qa_splits": SplitConfig,
     "hard_negatives": MiningConfig,
+    "teacher_scores": TeacherConfig,
     "training_set, finetuned_model": TrainingConfig,
     "beir_report": EvaluationConfig,
     "onnx_model": ExportConfig,

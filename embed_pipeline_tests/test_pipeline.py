@@ -71,9 +71,10 @@ def materialized(tiny_beir, tmp_path_factory):
         "ops": {
             "synthetic_qa": {"config": {"questions_per_chunk": 2, "temperature": 0.7}},
             "qa_splits": {"config": {"test_fraction": 0.3}},
-            "hard_negatives": {"config": {"num_mined": 3}},
+            "hard_negatives": {"config": {"num_mined": 3, "document_pairs": ["title", "cloze"]}},
+            "teacher_scores": {"config": {"teacher": "hybrid"}},
             "training_set": {"config": {"num_negatives": 2}},
-            "finetuned_model": {"config": {"epochs": 1, "num_negatives": 2}},
+            "finetuned_model": {"config": {"epochs": 1, "num_negatives": 2, "loss": "mnrl+margin_mse"}},
         }
     }
     with dg.instance_for_test() as instance:
@@ -92,6 +93,7 @@ def test_every_asset_materializes_with_metadata(materialized):
         "synthetic_qa",
         "qa_splits",
         "hard_negatives",
+        "teacher_scores",
         "training_set",
         "finetuned_model",
         "beir_report",
@@ -100,6 +102,13 @@ def test_every_asset_materializes_with_metadata(materialized):
     }
     for event in events:
         assert event.event_specific_data.materialization.metadata, event.asset_key
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
+    assert metadata["teacher_scores"]["teacher"].value == "hybrid"
+    assert metadata["teacher_scores"]["teacher_margins"].value > 0
+    assert "llm" in metadata["training_set"]["rows_by_source"].value
+    assert set(metadata["hard_negatives"]["questions_by_source"].value) <= {"llm", "title", "cloze"}
+    rows = result.output_for_node("training_set")
+    assert "label" in rows.columns and len(rows["label"].iloc[0]) == 2  # one teacher margin per negative
 
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT can run here: the engine is built")
@@ -147,9 +156,14 @@ def test_report_has_every_metric_for_every_system_on_both_query_sets(materialize
     realism = report["query_realism"]
     assert realism["reference"] == "real queries" and realism["profiles"]["real queries"]["n"] == N_QUERIES - 1
     assert realism["profiles"]["seed queries"]["n"] == 3 and "generated" in realism["distances"]
+    # The tuned hybrids exist when the run had validation questions to choose their weight on.
+    fusion = result.output_for_node("finetuned_model")["fusion"]
+    hybrids = {f"hybrid ({'base' if m == 'base' else 'tuned'})" for m, f in fusion.items() if f}
+    assert set(report.get("hybrid_weights", {})) == hybrids
+    systems = {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)", *hybrids}
     for entry in report["query_sets"].values():
-        assert set(entry["systems"]) == {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
-        assert set(entry["vs_base"]) == {"BM25", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)"}
+        assert set(entry["systems"]) == systems
+        assert set(entry["vs_base"]) == systems - {"base"}
         assert set(entry["vs_base"]["fine-tuned"]) >= {"delta", "ci95", "wilcoxon_p", "wins", "losses", "ties"}
         assert all(loss["fine_tuned_ndcg@10"] < loss["base_ndcg@10"] for loss in entry["largest_losses"])
         for metrics in entry["systems"].values():

@@ -51,6 +51,18 @@ def test_roundtrip_keeps_questions_their_passage_answers_and_drops_the_rest(mode
     assert kept["question_id"].tolist() == ["q0", "q1"]
     assert dropped["question_id"].tolist() == ["q2"] and dropped["filter"].tolist() == ["roundtrip"]
     assert f"{method} top 1" in dropped["reason"].iloc[0]
+    assert roundtrip_filter(questions, CHUNKS, top_k=1, method="either", model=model)[0]["question_id"].tolist() == [
+        "q0",
+        "q1",
+    ]
+
+
+def test_roundtrip_either_keeps_what_bm25_or_the_base_model_finds(model):
+    paraphrase = _questions([("Which drugs reduce bad blood fats?", "d1#a")])  # no word shared with its passage
+    assert roundtrip_filter(paraphrase, CHUNKS, top_k=1, method="bm25")[0].empty
+    assert len(roundtrip_filter(paraphrase, CHUNKS, top_k=1, method="either", model=model)[0]) == 1
+    with pytest.raises(ValueError, match="needs the base model"):
+        roundtrip_filter(paraphrase, CHUNKS, method="either")
 
 
 def test_near_duplicates_drop_the_later_question_and_keep_distinct_ones(model):

@@ -160,6 +160,19 @@ def test_eval_scores_a_served_model_like_the_checkpoint_it_serves(server, small_
     assert served_ndcg > served_set["systems"]["BM25"]["nDCG@10"] - 0.2  # a real ranking, not noise
 
 
+def test_eval_applies_the_hybrid_weight_saved_with_a_model(small_beir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "tuned"
+    shutil.copytree(base_model_path(None), model)
+    (model / "fusion.json").write_text(json.dumps({"bm25_weight": 0.3, "validation_questions": 5}))
+    report = _eval(capsys, "--model", str(model), "--beir", str(small_beir), "--device", "cpu")
+    systems = report["query_sets"][REAL]["systems"]
+    assert "hybrid (tuned)" in systems and report["hybrid_weights"]["hybrid (tuned)"]["bm25_weight"] == 0.3
+    assert systems["hybrid (tuned)"] != systems["tuned"]
+    assert report["query_sets"][REAL]["ignore_identical_ids"] is False  # claim ids are not document ids
+
+
 def test_eval_names_an_unreachable_server_and_a_missing_corpus(small_beir, tmp_path, capsys):
     assert main(["eval", "--model", "http://127.0.0.1:9", "--beir", str(small_beir)]) == 2
     assert "127.0.0.1:9/v1" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.sampler import QuestionBatchSampler
-from embed_pipeline.core.training import ValidationSet, batch_size_rule, finetune
+from embed_pipeline.core.training import ValidationSet, batch_size_rule, finetune, finetune_on_grid
 
 
 @pytest.mark.parametrize(("n", "batch"), [(10, 16), (128, 16), (200, 25), (512, 64), (1999, 64), (2000, 128)])
@@ -171,3 +172,23 @@ def test_prompts_reach_training_and_are_saved_with_the_model(tmp_path):
     assert saved.prompts["query"] == "query: " and saved.prompts["document"] == "passage: "
     text = "Which enzyme acts in the liver?"
     assert not np.allclose(saved.encode_query([text]), saved.encode([text]))  # the prompt is applied
+
+
+def test_schedule_grid_keeps_the_setting_that_validates_better(tmp_path):
+    # A learning rate of 0.05 wrecks MiniLM within a few steps; the validation questions must notice.
+    stats = finetune_on_grid(
+        _training_rows(),
+        base_model_path(None),
+        tmp_path / "model",
+        grid=[{"learning_rate": 0.05}, {"learning_rate": 1e-5}],
+        validation=_validation(),
+        epochs=1,
+        batch_size=4,
+    )
+    wrecked, gentle = stats["grid"]
+    assert wrecked["validation_ndcg@10"] < gentle["validation_ndcg@10"]
+    assert gentle["kept"] and not wrecked["kept"] and stats["learning_rate"] == 1e-5
+    assert (tmp_path / "model" / "model.safetensors").is_file() and not list(tmp_path.glob("model.grid-*"))
+    assert json.loads((tmp_path / "model" / "fusion.json").read_text())["validation_questions"] == 4
+    with pytest.raises(ValueError, match=r"grid keys \['batch_size'\]"):
+        finetune_on_grid(_training_rows(), base_model_path(None), tmp_path / "m2", [{"batch_size": 8}], _validation())

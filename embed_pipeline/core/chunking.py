@@ -27,11 +27,14 @@ CHUNK_COLUMNS = [
     "doc_id",
     "chunk_index",
     "title",
+    "heading",
     "text",
     "passage",
     "content_hash",
     "n_tokens",
 ]
+_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+_FENCE = re.compile(r"^ {0,3}(?:```|~~~)", re.MULTILINE)
 
 _WINDOW = 2000  # characters per pysbd call
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
@@ -57,7 +60,8 @@ def chunk_documents(
     ``max_tokens`` tokens including the tokenizer's special tokens. ``chunk_id`` is
     ``f"{doc_id}#{content_hash(passage)}"``, so it changes only when the passage changes; a
     passage repeated within a document is kept once. Chunks shorter than ``min_chars`` are
-    dropped unless the document has a single chunk.
+    dropped unless the document has a single chunk. ``heading`` is the Markdown heading (``#`` to
+    ``######``, HTML headings arrive as such) of the section a chunk starts in, "" before the first one.
     """
     missing = {"doc_id", "title", "text"} - set(documents.columns)
     if missing:
@@ -79,10 +83,11 @@ def chunk_documents(
             continue
         title = chunker.fit_title(title)
         pieces = chunker.chunk(title, text)
+        sections = headings(text)
         if len(pieces) > 1:
             pieces = [p for p in pieces if len(p[0]) >= min_chars] or pieces[:1]
         seen: set[str] = set()
-        for chunk_text, passage, n_tokens in pieces:
+        for chunk_text, passage, n_tokens, start in pieces:
             digest = content_hash(passage)
             if digest in seen:
                 continue
@@ -93,6 +98,7 @@ def chunk_documents(
                     "doc_id": doc_id,
                     "chunk_index": len(seen) - 1,
                     "title": title,
+                    "heading": next((h for at, h in reversed(sections) if at <= start), ""),
                     "text": chunk_text,
                     "passage": passage,
                     "content_hash": digest,
@@ -101,6 +107,16 @@ def chunk_documents(
             )
     out = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
     return out.astype({"chunk_index": "int64", "n_tokens": "int64"})
+
+
+def headings(text: str) -> list[tuple[int, str]]:
+    """(offset, text) of each Markdown ATX heading in `text`, outside fenced code blocks, in order."""
+    fences = [m.start() for m in _FENCE.finditer(text)]
+    found = []
+    for match in _HEADING.finditer(text):
+        if sum(f < match.start() for f in fences) % 2 == 0:
+            found.append((match.start(), match.group(2).strip()))
+    return found
 
 
 def _join_wrapped_lines(para: str) -> str:
@@ -137,8 +153,8 @@ class _Chunker:
         start, end = self._token_cuts(title, 0, len(title), limit)[0]
         return title[start:end]
 
-    def chunk(self, title: str, text: str) -> list[tuple[str, str, int]]:
-        """(chunk text, passage, n_tokens) for each chunk of one document, in order."""
+    def chunk(self, title: str, text: str) -> list[tuple[str, str, int, int]]:
+        """(chunk text, passage, n_tokens, start offset in `text`) for each chunk of one document, in order."""
         prefix = f"{title}\n" if title else ""
         budget = self.max_tokens - (self.count(prefix) if prefix else self.specials)
         spans = self._sentence_spans(text)
@@ -154,7 +170,7 @@ class _Chunker:
                     units.append(cut)
                     unit_counts.append(self.count(text[cut[0] : cut[1]]) - self.specials)
 
-        chunks: list[tuple[str, str, int]] = []
+        chunks: list[tuple[str, str, int, int]] = []
         start = 0
         while start < len(units):
             end, total = start, 0
@@ -177,7 +193,7 @@ class _Chunker:
                 units[start : start + 1] = cuts
                 unit_counts[start : start + 1] = [self.count(text[a:b]) - self.specials for a, b in cuts]
                 end = start + 1
-            chunks.append((chunk_text, prefix + chunk_text, n_tokens))
+            chunks.append((chunk_text, prefix + chunk_text, n_tokens, units[start][0]))
             if end >= len(units):
                 break
             nxt = max(end - self.overlap, start + 1)

@@ -254,6 +254,8 @@ def _parse_html(raw: str) -> tuple[str | None, str]:
         title = h1.get_text(" ", strip=True)
     for tag in soup(["script", "style", "nav", "noscript", "template", "title"]):
         tag.decompose()
+    for tag in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
+        tag.insert_before("\n" + "#" * int(tag.name[1]) + " ")  # headings survive as Markdown, for sections
     for tag in soup.find_all(_BLOCK_TAGS):
         tag.insert_after("\n")  # keep block boundaries without splitting inline markup
     body = soup.body or soup

@@ -4,6 +4,8 @@ OpenAI-compatible `/v1/embeddings` endpoint, so a served model is scored exactly
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +101,56 @@ def load_encoder(
     if truncate_dim is None:
         return PromptedEncoder(encode, *prompts)
     return PromptedEncoder(lambda texts, batch_size: encode(texts, batch_size)[:, :truncate_dim], *prompts)
+
+
+class CachedDocuments:
+    """A model whose `encode_document` answers from a disk cache of its earlier passage embeddings (keyed by
+    the text's hash) and encodes only passages it has not seen; everything else is the model's own. One folder
+    holds one model with one document prompt: mining, the hybrid teacher, validation and the report then encode
+    the corpus once, and a re-run on a grown corpus encodes only the new chunks. Vectors are unit length."""
+
+    VECTORS, KEYS = "vectors.npy", "keys.json"
+
+    def __init__(self, model, folder: str | Path) -> None:
+        self.model, self.folder = model, Path(folder)
+        self.index: dict[str, int] = {}
+        self.vectors = np.zeros((0, 0), dtype=np.float32)
+        if (self.folder / self.KEYS).is_file() and (self.folder / self.VECTORS).is_file():
+            keys = json.loads((self.folder / self.KEYS).read_text(encoding="utf-8"))
+            vectors = np.load(self.folder / self.VECTORS)
+            if len(keys) == len(vectors):  # a torn pair (crash between the two writes) is ignored
+                self.index, self.vectors = {k: i for i, k in enumerate(keys)}, vectors
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def encode_document(self, texts: list[str], **kwargs) -> np.ndarray:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("normalize_embeddings", "convert_to_numpy")}
+        unsupported = {k for k, v in kwargs.items() if v is not None} - {"batch_size", "show_progress_bar", "pool"}
+        unsupported -= {"prompt_name"} if kwargs.get("prompt_name") in (None, "document") else set()
+        if unsupported:  # another prompt or output than the cache holds: encode without it
+            return self.model.encode_document(texts, normalize_embeddings=True, convert_to_numpy=True, **kwargs)
+        keys = [self._key(t) for t in texts]
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in self.index))
+        if missing:
+            new = self.model.encode_document(missing, normalize_embeddings=True, convert_to_numpy=True, **kwargs)
+            new = np.asarray(new, dtype=np.float32)
+            start = len(self.index)
+            self.vectors = new if not self.index else np.concatenate([self.vectors, new])
+            self.index.update({self._key(t): start + i for i, t in enumerate(missing)})
+            self._save()
+        return self.vectors[[self.index[k] for k in keys]]
+
+    def _save(self) -> None:
+        from embed_pipeline.core.storage import write_atomically
+
+        def save_vectors(tmp: Path) -> None:
+            with tmp.open("wb") as f:  # a file object: np.save would add ".npy" to a path
+                np.save(f, self.vectors)
+
+        write_atomically(self.folder / self.VECTORS, save_vectors)
+        write_atomically(self.folder / self.KEYS, lambda tmp: tmp.write_text(json.dumps(list(self.index))))

@@ -33,13 +33,18 @@ __all__ = [
     "Qrels",
     "Results",
     "bm25_search",
+    "choose_fusion_weight",
     "collapse_to_documents",
     "dense_search",
+    "drop_identical_ids",
+    "fusion_on_validation",
+    "saved_fusion",
     "load_beir_queries",
     "markdown_table",
     "per_query_ndcg",
     "reciprocal_rank_fusion",
     "retrieval_metrics",
+    "score_fusion",
 ]
 
 # bm25s pins its logger to DEBUG at import; hand the level back to the application's config.
@@ -59,17 +64,28 @@ _QRELS_FORMAT = "query-id<TAB>corpus-id<TAB>score"
 _QUERY_HINT = "each line must be a JSON object with non-empty string fields '_id' and 'text'"
 
 
-def retrieval_metrics(qrels: Qrels, results: Results, ks: tuple[int, ...] = KS) -> dict[str, float]:
+def drop_identical_ids(results: Results) -> Results:
+    """``results`` without any document whose id equals its query's id, as BEIR and MTEB score collections
+    whose queries are themselves documents (ArguAna: a query argument retrieves itself first)."""
+    return {qid: {doc: s for doc, s in hits.items() if doc != qid} for qid, hits in results.items()}
+
+
+def retrieval_metrics(
+    qrels: Qrels, results: Results, ks: tuple[int, ...] = KS, ignore_identical_ids: bool = False
+) -> dict[str, float]:
     """Score ``results`` against ``qrels``: ``nDCG@k``, ``Recall@k``, ``MAP@k``, ``P@k`` and ``MRR@10``.
 
     Averages run over every query in ``qrels``; a query with no results counts as 0 (pytrec_eval
     silently drops queries absent from the run, so they are added with an empty ranking). Queries
-    not in ``qrels`` are ignored. nDCG uses the graded relevance as a linear gain.
+    not in ``qrels`` are ignored. nDCG uses the graded relevance as a linear gain. With
+    ``ignore_identical_ids``, a retrieved document whose id is the query's id is left out (`drop_identical_ids`).
     """
     if not qrels:
         raise ValueError("qrels is empty: there is no query to evaluate")
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks!r}")
+    if ignore_identical_ids:
+        results = drop_identical_ids(results)
     # pytrec_eval rejects numpy scores; also copy so BEIR never touches the caller's dicts.
     run = {qid: {doc: float(s) for doc, s in results.get(qid, {}).items()} for qid in qrels}
     k_values = sorted(set(ks))
@@ -85,10 +101,12 @@ def retrieval_metrics(qrels: Qrels, results: Results, ks: tuple[int, ...] = KS) 
     return metrics
 
 
-def per_query_ndcg(qrels: Qrels, results: Results, k: int = 10) -> dict[str, float]:
+def per_query_ndcg(qrels: Qrels, results: Results, k: int = 10, ignore_identical_ids: bool = False) -> dict[str, float]:
     """nDCG@k of each query in ``qrels`` (pytrec_eval); a query without results scores 0."""
     import pytrec_eval
 
+    if ignore_identical_ids:
+        results = drop_identical_ids(results)
     run = {qid: {doc: float(s) for doc, s in results.get(qid, {}).items()} or {"\0none": 0.0} for qid in qrels}
     scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}"}).evaluate(run)
     return {qid: scores.get(qid, {}).get(f"ndcg_cut_{k}", 0.0) for qid in qrels}
@@ -105,6 +123,81 @@ def reciprocal_rank_fusion(runs: list[Results], k: int = 60, top_k: int = 100) -
                 scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
         fused[qid] = dict(sorted(scores.items(), key=lambda item: -item[1])[:top_k])
     return fused
+
+
+def score_fusion(runs: list[Results], weights: list[float], top_k: int = 100) -> Results:
+    """Fuse rankings by a weighted sum of min-max normalised scores (the convex combination of Bruch et al.,
+    2023, which beats RRF once its weight is tuned): each run's scores for a query are scaled to [0, 1] over
+    the documents it returned, and a document a run did not return gets 0 from it."""
+    if len(runs) != len(weights):
+        raise ValueError(f"{len(runs)} runs but {len(weights)} weights")
+    fused: Results = {}
+    for qid in set().union(*runs):
+        scores: dict[str, float] = {}
+        for run, weight in zip(runs, weights, strict=True):
+            hits = run.get(qid, {})
+            if not hits or weight == 0:
+                continue
+            low, high = min(hits.values()), max(hits.values())
+            for doc, score in hits.items():
+                normalised = (score - low) / (high - low) if high > low else 1.0
+                scores[doc] = scores.get(doc, 0.0) + weight * normalised
+        fused[qid] = dict(sorted(scores.items(), key=lambda item: -item[1])[:top_k])
+    return fused
+
+
+FUSION_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+"""BM25 weights `choose_fusion_weight` tries (the dense run gets 1 - weight)."""
+
+
+def choose_fusion_weight(
+    bm25: Results, dense: Results, qrels: Qrels, grid: tuple[float, ...] = FUSION_GRID
+) -> tuple[float, dict[float, float]]:
+    """The BM25 weight of `score_fusion` (dense gets 1 - weight) with the best nDCG@10 on ``qrels``, meant to be
+    validation questions, never the test queries. Returns (weight, nDCG@10 of each weight tried); ties go
+    to the weight closest to an even mix."""
+    tried = {w: retrieval_metrics(qrels, score_fusion([bm25, dense], [w, 1 - w]), ks=(10,))["nDCG@10"] for w in grid}
+    best = max(tried, key=lambda w: (round(tried[w], 6), -abs(w - 0.5)))
+    return best, tried
+
+
+def fusion_on_validation(
+    model: SentenceTransformer,
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    relevant: dict[str, set[str]],
+    batch_size: int = 64,
+) -> dict:
+    """The hybrid of BM25 and `model` for a collection: the BM25 weight chosen on validation questions
+    (`choose_fusion_weight`), with the nDCG@10 of every weight tried, BM25's and the model's alone."""
+    ids, texts = list(corpus), list(corpus.values())
+    qrels = {q: dict.fromkeys(docs, 1) for q, docs in relevant.items()}
+    bm25 = bm25_search(ids, texts, queries)
+    dense = dense_search(model, ids, texts, queries, batch_size=batch_size)
+    weight, tried = choose_fusion_weight(bm25, dense, qrels)
+    return {
+        "method": "min-max normalised score fusion",
+        "bm25_weight": weight,
+        "validation_ndcg@10": round(tried[weight], 4),
+        "validation_ndcg@10_by_weight": {f"{w:.1f}": round(v, 4) for w, v in tried.items()},
+        "validation_questions": len(queries),
+    }
+
+
+FUSION_FILE = "fusion.json"
+"""The fine-tuned model's hybrid setting, saved in its folder (and copied into an ONNX export's export.json)."""
+
+
+def saved_fusion(model: str | Path) -> dict | None:
+    """The hybrid setting saved with a model folder (`FUSION_FILE`) or an ONNX export (`export.json`'s
+    "hybrid"), or None (a hub id, an endpoint, a model trained without validation questions)."""
+    folder = Path(model)
+    for name, key in ((FUSION_FILE, None), ("export.json", "hybrid")):
+        path = folder / name
+        if path.is_file():
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return info.get(key) if key else info
+    return None
 
 
 def bm25_search(corpus_ids: list[str], corpus_texts: list[str], queries: dict[str, str], top_k: int = 100) -> Results:

@@ -124,6 +124,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17, fus
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in token_inputs}
     dynamic_axes[OUTPUT_NAME] = {0: "batch", 1: "dimensions"}
 
+    from embed_pipeline.core.evaluation import saved_fusion
+
     with staging_dir(out_dir) as staging:
         onnx_path = staging / ONNX_FILE
         with torch.no_grad():
@@ -150,6 +152,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17, fus
             "normalized": True,
             "prompts": _prompts(model_dir),
             "fused": fusions,
+            "hybrid": saved_fusion(model_dir),  # the BM25 fusion chosen for this model, for `eval` and users
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir / ONNX_FILE

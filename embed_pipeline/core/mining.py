@@ -8,6 +8,8 @@ import pandas as pd
 from datasets import Dataset
 from sentence_transformers.util import mine_hard_negatives
 
+from embed_pipeline.core.document_pairs import LLM_SOURCE, positive_without_anchor
+
 log = logging.getLogger(__name__)
 
 FAISS_MIN_CORPUS = 50_000
@@ -33,6 +35,7 @@ def mine_negatives(
     then applies the margin to the question's weakest positive, so all its positives share one list.
     Returns one row per (question, positive) with the question's negative chunk ids and scores, best
     first; a question for which no negative survives gets an empty list (never silently dropped).
+    `model` may be a `CachedDocuments`, so the corpus is encoded once for every stage that needs it.
     """
     pairs = questions.explode("positive_chunk_ids").rename(columns={"positive_chunk_ids": "positive_chunk_id"})
     passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
@@ -100,6 +103,7 @@ def mine_negatives(
             {
                 "question_id": row.question_id,
                 "question": row.question,
+                "source": getattr(row, "source", LLM_SOURCE),
                 "positive_chunk_id": row.positive_chunk_id,
                 "positive_score": positive_scores.get(row.question_id, {}).get(row.positive_chunk_id),
                 "negative_chunk_ids": [c for c, _ in negatives],
@@ -141,9 +145,13 @@ def shared_negatives(
 def unroll_training_rows(mined: pd.DataFrame, chunks: pd.DataFrame, num_negatives: int = 4) -> pd.DataFrame:
     """One training row per (question, positive) with `num_negatives` negatives shared by the question.
 
-    Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`).
+    Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`). When `mined`
+    carries teacher scores (`core.teachers`), each row gets a `label`: the teacher's margin per negative.
+    A document pair's positive loses the text its anchor came from (`positive_without_anchor`).
     """
     passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
+    chunk_of = chunks.set_index("chunk_id")[[c for c in ("text", "passage") if c in chunks]].to_dict("index")
+    taught = "teacher_positive_score" in mined.columns
     rows = []
     for row in mined.itertuples(index=False):
         negatives = list(row.negative_chunk_ids)[:num_negatives]
@@ -152,13 +160,23 @@ def unroll_training_rows(mined: pd.DataFrame, chunks: pd.DataFrame, num_negative
         rows.append(
             {
                 "question_id": row.question_id,
+                "source": getattr(row, "source", LLM_SOURCE),
                 "anchor": row.question,
-                "positive": passage_of[row.positive_chunk_id],
+                "positive": positive_without_anchor(
+                    getattr(row, "source", LLM_SOURCE), row.question, chunk_of[row.positive_chunk_id]
+                ),
                 **{f"negative_{i}": passage_of[c] for i, c in enumerate(negatives, start=1)},
+                **({"label": teacher_margins(row, num_negatives)} if taught else {}),
             }
         )
-    columns = ["question_id", "anchor", "positive", *[f"negative_{i}" for i in range(1, num_negatives + 1)]]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["question_id", "source", "anchor", "positive", *[f"negative_{i}" for i in range(1, num_negatives + 1)]]
+    return pd.DataFrame(rows, columns=columns + (["label"] if taught else []))
+
+
+def teacher_margins(row, num_negatives: int) -> list[float]:
+    """The teacher's margins of one mined row: score(q, positive) - score(q, negative_i), for margin-MSE."""
+    scores = list(row.teacher_negative_scores)[:num_negatives]
+    return [round(row.teacher_positive_score - s, 6) for s in scores]
 
 
 def rows_short_of_negatives(mined: pd.DataFrame, num_negatives: int) -> int:

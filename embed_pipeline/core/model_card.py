@@ -18,6 +18,8 @@ TRAINING_KEYS = (
     ("batch size", "batch_size"),
     ("learning rate", "learning_rate"),
     ("temperature (loss scale = 1/τ)", "temperature"),
+    ("loss", "loss"),
+    ("margin-MSE weight", "margin_weight"),
     ("Matryoshka dimensions", "matryoshka_dims"),
     ("bf16 mixed precision", "bf16"),
     ("validation nDCG@10 before training", "validation_ndcg@10_base"),
@@ -39,7 +41,7 @@ def training_section(stats: dict) -> str:
     curve = ", ".join(f"step {p['step']}: {p['ndcg@10']}" for p in stats.get("validation_curve", []))
     lines = [
         "Fine-tuned by embed_pipeline on synthetic questions generated from the documents (no manual labels), "
-        "with MultipleNegativesRankingLoss over mined hard negatives.",
+        "over mined hard negatives (contrastive MultipleNegativesRankingLoss and/or margin-MSE on a teacher's scores).",
         "",
         "| setting | value |",
         "|---|---|",
@@ -47,4 +49,17 @@ def training_section(stats: dict) -> str:
     ]
     if curve:
         lines += ["", f"Validation nDCG@10 per checkpoint: {curve}."]
+    hybrid = (stats.get("fusion") or {}).get("fine-tuned")
+    if hybrid:
+        lines += ["", hybrid_sentence(hybrid)]
     return "\n".join(lines)
+
+
+def hybrid_sentence(fusion: dict) -> str:
+    """How to combine this model with BM25, as chosen on the validation questions."""
+    w = fusion["bm25_weight"]
+    return (
+        f"Hybrid with BM25 (chosen on {fusion['validation_questions']} validation questions, nDCG@10 "
+        f"{fusion['validation_ndcg@10']}): score = {w:.1f} × BM25 + {1 - w:.1f} × this model, each min-max "
+        f"normalised over its top 100 (`fusion.json`; `embed-pipeline eval` reports it as hybrid (tuned))."
+    )

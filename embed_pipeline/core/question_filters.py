@@ -29,31 +29,37 @@ def roundtrip_filter(
     questions: pd.DataFrame,
     chunks: pd.DataFrame,
     top_k: int = 10,
-    method: Literal["bm25", "base"] = "bm25",
+    method: Literal["bm25", "base", "either"] = "bm25",
     model=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep a question only if one of its positive chunks ranks in the top `top_k` for it.
 
     A question its own passage cannot retrieve is usually too generic ("What is the purpose of the
     study?") or not answered by the passage. `method="base"` ranks with `model` (the base bi-encoder)
-    instead of BM25.
+    instead of BM25; "either" keeps a question that BM25 or the base model finds, so the kept questions
+    (and the validation questions among them) favour neither retriever.
     """
     if questions.empty:
         return questions, pd.DataFrame(columns=DROPPED_COLUMNS)
     queries = dict(zip(questions["question_id"], questions["question"], strict=True))
     ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
-    if method == "bm25":
-        results = bm25_search(ids, passages, queries, top_k=top_k)
-    elif method == "base":
-        if model is None:
-            raise ValueError("roundtrip method 'base' needs the base model")
-        results = dense_search(model, ids, passages, queries, top_k=top_k)
-    else:
-        raise ValueError(f"roundtrip method must be 'bm25' or 'base', got {method!r}")
+    if method not in ("bm25", "base", "either"):
+        raise ValueError(f"roundtrip method must be 'bm25', 'base' or 'either', got {method!r}")
+    if method != "bm25" and model is None:
+        raise ValueError(f"roundtrip method {method!r} needs the base model")
+    runs = []
+    if method in ("bm25", "either"):
+        runs.append(bm25_search(ids, passages, queries, top_k=top_k))
+    if method in ("base", "either"):
+        runs.append(dense_search(model, ids, passages, queries, top_k=top_k))
 
     def rank(qid: str, positives) -> int | None:
-        ranked = sorted(results.get(qid, {}).items(), key=lambda kv: -kv[1])
-        hits = [i for i, (cid, _) in enumerate(ranked, 1) if cid in set(positives)]
+        hits = [
+            i
+            for results in runs
+            for i, (cid, _) in enumerate(sorted(results.get(qid, {}).items(), key=lambda kv: -kv[1]), 1)
+            if cid in set(positives)
+        ]
         return min(hits) if hits else None
 
     ranks = pd.Series(
@@ -103,7 +109,7 @@ def filter_questions(
     questions: pd.DataFrame,
     chunks: pd.DataFrame,
     model,
-    roundtrip: Literal["bm25", "base", "none"] = "bm25",
+    roundtrip: Literal["bm25", "base", "either", "none"] = "bm25",
     roundtrip_top_k: int = 10,
     dedup_threshold: float | None = 0.9,
     min_complexity: int = 1,

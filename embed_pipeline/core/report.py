@@ -15,11 +15,13 @@ from embed_pipeline.core.evaluation import (
     bm25_search,
     collapse_to_documents,
     dense_search,
+    drop_identical_ids,
     load_beir_queries,
     markdown_table,
     per_query_ndcg,
     reciprocal_rank_fusion,
     retrieval_metrics,
+    score_fusion,
 )
 from embed_pipeline.core.realism import realism_markdown
 
@@ -53,17 +55,24 @@ def evaluate_systems(
     passage_prompt: str | None = None,
     api_key_env: str | None = None,
     truncate_dims: dict[str, int] | None = None,
+    hybrids: dict[str, tuple[str, float]] | None = None,
+    ignore_identical_ids: bool | None = None,
+    document_caches: dict[str, str | Path] | None = None,
 ) -> dict:
     """Score BM25 and each model on each query set.
 
     `query_sets` maps a name to (queries, qrels, qrels_on_documents); document-level qrels are scored by
     each document's best chunk. `models` maps a system name to a model id or folder, an ONNX export or an
     endpoint URL (see `load_encoder`), each used with the given prompts (when set); `truncate_dims` maps a
-    system to the Matryoshka size its embeddings are cut to. The hybrid row fuses BM25 with the first
-    model that is not "base".
+    system to the Matryoshka size its embeddings are cut to. The RRF row fuses BM25 with the first model
+    that is not "base"; `hybrids` adds rows fusing BM25 with a model by `score_fusion`, {row: (model system,
+    BM25 weight)}, the weight chosen on validation questions. `ignore_identical_ids` leaves out a retrieved
+    document whose id is the query's id (BEIR's rule); None: on for a document-level query set whose query ids
+    are also document ids (ArguAna), stated per query set in the report. `document_caches` maps a system to the
+    folder of its `CachedDocuments` (passages encoded by an earlier stage are not encoded again).
     Returns {"query_sets": {name: {"n_queries", "systems": {system: metrics}}}, "timings_s": {...}}.
     """
-    from embed_pipeline.core.encoders import load_encoder
+    from embed_pipeline.core.encoders import CachedDocuments, load_encoder
 
     ids, passages = chunks["chunk_id"].tolist(), chunks["passage"].tolist()
     chunk_to_doc = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
@@ -81,6 +90,16 @@ def evaluate_systems(
     runs: dict[str, Results] = {}  # chunk-level results of each system, merged query keys
     per_query: dict[str, dict[str, dict[str, float]]] = {}  # query set -> system -> query -> nDCG@10
     ranked: dict[str, dict[str, Results]] = {}  # query set -> system -> its scored ranking
+    documents = set(chunk_to_doc.values())
+    for name, (queries, qrels, on_documents) in query_sets.items():
+        shared = sum(qid in documents for qid in queries) if on_documents else 0
+        ignore = bool(shared) if ignore_identical_ids is None else ignore_identical_ids
+        report["query_sets"][name] = {
+            "n_queries": len(qrels),
+            "systems": {},
+            "ignore_identical_ids": ignore,
+            "query_ids_also_document_ids": shared,
+        }
 
     def score(system: str, search) -> None:
         started = time.perf_counter()
@@ -89,9 +108,10 @@ def evaluate_systems(
             own = {keys[k][1]: hits for k, hits in runs[system].items() if keys[k][0] == name}
             if on_documents:
                 own = collapse_to_documents(own, chunk_to_doc)
-            entry = report["query_sets"].setdefault(name, {"n_queries": len(qrels), "systems": {}})
-            entry["systems"][system] = retrieval_metrics(qrels, own)
-            per_query.setdefault(name, {})[system] = per_query_ndcg(qrels, own)
+            entry = report["query_sets"][name]
+            ignore = entry["ignore_identical_ids"]
+            entry["systems"][system] = retrieval_metrics(qrels, own, ignore_identical_ids=ignore)
+            per_query.setdefault(name, {})[system] = per_query_ndcg(qrels, own, ignore_identical_ids=ignore)
             ranked.setdefault(name, {})[system] = own
         report["timings_s"][system] = round(time.perf_counter() - started, 1)
         log.info("%s scored in %.1f s", system, report["timings_s"][system])
@@ -99,6 +119,8 @@ def evaluate_systems(
     score("BM25", lambda queries: bm25_search(ids, passages, queries, top_k=top_k))
     for system, path in models.items():
         model = load_encoder(path, device, query_prompt, passage_prompt, api_key_env, (truncate_dims or {}).get(system))
+        if system in (document_caches or {}):
+            model = CachedDocuments(model, document_caches[system])
         score(
             system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
         )
@@ -107,6 +129,9 @@ def evaluate_systems(
     if tuned:
         hybrid = f"hybrid (RRF: BM25 + {tuned[0]})"
         score(hybrid, lambda _: reciprocal_rank_fusion([runs["BM25"], runs[tuned[0]]], top_k=top_k))
+    for row, (system, weight) in (hybrids or {}).items():
+        score(row, lambda _, s=system, w=weight: score_fusion([runs["BM25"], runs[s]], [w, 1 - w], top_k=top_k))
+        report.setdefault("hybrid_weights", {})[row] = {"model": system, "bm25_weight": weight}
     if "base" in models:
         text_of = {**dict(zip(ids, passages, strict=True)), **chunks.groupby("doc_id")["passage"].first().to_dict()}
         for name, systems in per_query.items():
@@ -115,9 +140,10 @@ def evaluate_systems(
             }
             if tuned:
                 queries, qrels, _ = query_sets[name]
-                report["query_sets"][name]["largest_losses"] = largest_losses(
-                    queries, qrels, ranked[name]["base"], ranked[name][tuned[0]], text_of
-                )
+                base, other = ranked[name]["base"], ranked[name][tuned[0]]
+                if report["query_sets"][name]["ignore_identical_ids"]:
+                    base, other = drop_identical_ids(base), drop_identical_ids(other)
+                report["query_sets"][name]["largest_losses"] = largest_losses(queries, qrels, base, other, text_of)
     return report
 
 
@@ -238,6 +264,18 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
     parts = []
     for name, entry in report["query_sets"].items():
         parts.append(f"**{name}** ({entry['n_queries']} queries)\n\n{markdown_table(entry['systems'], metrics)}")
+        if entry.get("ignore_identical_ids"):
+            parts.append(
+                f"A retrieved document whose id is the query's own id is ignored (BEIR's rule; "
+                f"{entry['query_ids_also_document_ids']} query ids are also document ids)."
+            )
+        for row, fusion in report.get("hybrid_weights", {}).items():
+            if row in entry["systems"]:
+                w = fusion["bm25_weight"]
+                parts.append(
+                    f"- {row}: {w:.1f} × BM25 + {1 - w:.1f} × {fusion['model']} "
+                    "(min-max normalised scores; weight chosen on the synthetic validation questions)"
+                )
         if entry.get("excluded_seed_queries"):
             parts.append(seeds_note(entry["excluded_seed_queries"]))
         for system, c in entry.get("vs_base", {}).items():

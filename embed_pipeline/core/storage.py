@@ -305,3 +305,17 @@ def shared_append_log(
             with store_errors(store.address(shard)):
                 store.fs.rm(store.address(shard))
             log.info("%s: %d new bytes in shard %s", name, uploaded[0] - start, store.address(final))
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; artifacts are meant to be shared and read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

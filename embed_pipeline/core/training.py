@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from embed_pipeline.core.encoders import CachedDocuments
+from embed_pipeline.core.evaluation import FUSION_FILE, fusion_on_validation
+
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +47,16 @@ class ValidationSet:
     relevant: dict[str, set[str]]
 
 
+def validation_questions(splits: pd.DataFrame, forms: set[str] | None = None) -> pd.DataFrame:
+    """The validation split; with `forms` (those of the users' seed queries), only its questions of those
+    forms, so settings are chosen on queries shaped like the users' (all of them when none has such a form)."""
+    questions = splits[splits["split"] == "validation"]
+    if forms and "form" in questions.columns:
+        seeded = questions[questions["form"].isin(forms)]
+        return seeded if len(seeded) else questions
+    return questions
+
+
 def validation_set(questions: pd.DataFrame, chunks: pd.DataFrame, max_corpus: int = 5000, seed: int = 42):
     """Validation questions ranked among their positives plus a seeded sample of other chunks (all of them
     when the corpus is small): cheap enough to score every epoch, hard enough to tell checkpoints apart.
@@ -62,9 +75,62 @@ def validation_set(questions: pd.DataFrame, chunks: pd.DataFrame, max_corpus: in
     )
 
 
+LOSSES = ("mnrl", "margin_mse", "mnrl+margin_mse")
+"""Training objectives: contrastive (MultipleNegativesRankingLoss), margin-MSE on teacher margins (GPL), or both."""
+
+
+def training_loss(model, loss: str, temperature: float, margin_weight: float = 1.0):
+    """The loss module for `loss` (see LOSSES). Margin-MSE compares the student's and the teacher's margins
+    score(q, positive) - score(q, negative_i) in cosine / temperature units, the logits the contrastive
+    loss uses, so both terms have comparable size; the two share one forward pass."""
+    from sentence_transformers.base.losses.merged_forward import embed_columns
+    from sentence_transformers.losses import MarginMSELoss, MultipleNegativesRankingLoss
+    from sentence_transformers.util import pairwise_cos_sim
+    from torch import nn
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
+    scale = 1.0 / temperature
+    contrastive = MultipleNegativesRankingLoss(model, scale=scale)
+    if loss == "mnrl":
+        return contrastive
+
+    class MarginDistillationLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.margin = MarginMSELoss(model, similarity_fct=lambda a, b: scale * pairwise_cos_sim(a, b))
+
+        def forward(self, sentence_features, labels):
+            embeddings = embed_columns(self.model, sentence_features)
+            value = margin_weight * self.margin.compute_loss_from_embeddings(embeddings, labels * scale)
+            if loss == "mnrl+margin_mse":
+                value = value + contrastive.compute_loss_from_embeddings(embeddings, labels)
+            return value
+
+    return MarginDistillationLoss()
+
+
+def _fusion(model, validation: ValidationSet | None, cache: str | Path | None = None) -> dict | None:
+    """The model's BM25 hybrid, its weight chosen on the validation questions (None without them); with
+    `cache`, the passages it encodes are kept there (`CachedDocuments`)."""
+    if validation is None:
+        return None
+    encoder = CachedDocuments(model, cache) if cache else model
+    return fusion_on_validation(encoder, validation.queries, validation.corpus, validation.relevant)
+
+
 def checkpoint_key(rows: pd.DataFrame, settings: dict) -> str:
     """Identity of a training job (its rows and settings): a re-run of the same job resumes its checkpoints."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).values.tobytes())
+    # List cells (the teacher's margins) are not hashable: they count by their rounded values.
+    hashable = rows.assign(
+        **{
+            c: rows[c].map(lambda v: json.dumps([round(float(x), 6) for x in v]))
+            for c in rows.columns
+            if len(rows) and not isinstance(rows[c].iloc[0], str) and hasattr(rows[c].iloc[0], "__len__")
+        }
+    )
+    digest = hashlib.sha256(pd.util.hash_pandas_object(hashable, index=False).values.tobytes())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -89,6 +155,9 @@ def finetune(
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    loss: str = "mnrl",
+    margin_weight: float = 1.0,
+    embeddings_caches: tuple[str | Path, str | Path] | None = None,
 ) -> dict:
     """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
     negatives (wrapped in MatryoshkaLoss when `matryoshka_dims` is given), and save a standard
@@ -101,13 +170,16 @@ def finetune(
     (default: every epoch) and a killed run of the same job resumes from the last one; `on_checkpoint` is
     called with each finished checkpoint folder (to upload it where another machine can resume it). Anchors are
     encoded with the model's query prompt and passages with its document prompt (`query_prompt`,
-    `passage_prompt` override the base model's own); the saved model keeps them.
+    `passage_prompt` override the base model's own); the saved model keeps them. `loss` picks the objective
+    (LOSSES); margin-MSE needs a `label` column of teacher margins (see `core.teachers`). With validation, the
+    BM25 hybrid of the base and of the trained model is chosen on it too (`fusion.json` in the folder);
+    `embeddings_caches` (base model's, trained model's folders) keep the passages they encode for later stages.
     The folder is written next to its final place and renamed, so a crash never leaves half a model.
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
-    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.losses import MatryoshkaLoss
     from transformers import TrainerCallback
 
     from embed_pipeline.core.device import load_bi_encoder
@@ -118,6 +190,8 @@ def finetune(
     text_columns = ["anchor", "positive", *negative_columns]
     if len(rows) == 0:
         raise ValueError("No training rows: every question lacked enough hard negatives or none were generated.")
+    if loss != "mnrl" and "label" not in rows.columns:
+        raise ValueError(f"loss {loss!r} needs teacher scores: set teacher_scores.teacher (e.g. hybrid)")
     output_dir = Path(output_dir)
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} exists: models are never overwritten in place.")
@@ -190,14 +264,15 @@ def finetune(
         bf16=use_bf16(device, precision),
         activation_checkpointing=device.startswith("cuda"),
     )
-    loss = MultipleNegativesRankingLoss(model, scale=1.0 / temperature)
+    objective = training_loss(model, loss, temperature, margin_weight)
     if matryoshka_dims:
-        loss = MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(matryoshka_dims), reverse=True))
+        objective = MatryoshkaLoss(model, objective, matryoshka_dims=sorted(set(matryoshka_dims), reverse=True))
+    label = ["label"] if loss != "mnrl" else []
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_pandas(rows[text_columns], preserve_index=False),
-        loss=loss,
+        train_dataset=Dataset.from_pandas(rows[text_columns + label], preserve_index=False),
+        loss=objective,
         evaluator=evaluator,
     )
     if on_checkpoint:
@@ -207,7 +282,10 @@ def finetune(
                 on_checkpoint(checkpoints / f"checkpoint-{state.global_step}")
 
         trainer.add_callback(PublishCheckpoints())
-    base_score = evaluator(model)[best_metric.removeprefix("eval_")] if evaluator else None
+    caches = embeddings_caches or (None, None)
+    fusion_base = _fusion(model, validation, caches[0])
+    # The base model alone is the hybrid with BM25 weight 0 (same questions, passages and nDCG@10).
+    base_score = fusion_base["validation_ndcg@10_by_weight"]["0.0"] if fusion_base else None
     # A checkpoint is complete once its trainer_state.json is written (the Trainer writes it last); one a
     # kill interrupted mid-write is removed, and training resumes from the last complete one.
     found = list(checkpoints.glob("checkpoint-*"))
@@ -237,6 +315,8 @@ def finetune(
         "epochs": epochs,
         "learning_rate": learning_rate,
         "temperature": temperature,
+        "loss": loss,
+        "margin_weight": margin_weight if loss != "mnrl" else None,
         "dimension": dimension,
         "matryoshka_dims": sorted(set(matryoshka_dims), reverse=True) if matryoshka_dims else None,
         "steps": int(result.global_step),
@@ -252,10 +332,69 @@ def finetune(
         "bf16": args.bf16,
         "attention_dropout": attention_dropout,
     }
+    stats["fusion"] = {"base": fusion_base, "fine-tuned": _fusion(model, validation, caches[1])}
     model.save(str(staging), safe_serialization=True)
+    if stats["fusion"]["fine-tuned"]:
+        (staging / FUSION_FILE).write_text(json.dumps(stats["fusion"]["fine-tuned"], indent=2) + "\n")
     append_section(staging, "Training (embed_pipeline)", training_section(stats))
     shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     staging.rename(output_dir)
     if checkpoint_dir:
         shutil.rmtree(checkpoints, ignore_errors=True)  # the job is done: nothing left to resume
+    return stats
+
+
+GRID_KEYS = ("learning_rate", "temperature", "epochs", "margin_weight")
+"""Settings a schedule grid may vary (`finetune_on_grid`)."""
+
+
+def validation_score(stats: dict) -> float | None:
+    """The validation nDCG@10 of the checkpoint `finetune` kept (the best one), None without validation."""
+    curve = [point["ndcg@10"] for point in stats.get("validation_curve") or []]
+    return max(curve) if curve else None
+
+
+def finetune_on_grid(
+    rows: pd.DataFrame,
+    base_model: str,
+    output_dir: str | Path,
+    grid: list[dict],
+    validation: ValidationSet,
+    checkpoint_dir: str | Path | None = None,
+    **settings,
+) -> dict:
+    """Train once per grid point (settings overridden by its entries, keys in GRID_KEYS) and keep the model
+    with the best validation nDCG@10: the schedule is chosen on the synthetic validation questions, never on
+    test or real queries. Returns the kept run's statistics with `grid`: every point and its score."""
+    bad = sorted({key for point in grid for key in point} - set(GRID_KEYS))
+    if bad:
+        raise ValueError(f"grid keys {bad} cannot be searched: use {list(GRID_KEYS)}")
+    if validation is None:
+        raise ValueError("a schedule grid needs validation questions (qa_splits.validation_fraction above 0)")
+    output_dir = Path(output_dir)
+    caches = settings.pop("embeddings_caches", None)
+    tried = []
+    for i, point in enumerate(grid):
+        candidate = output_dir.with_name(f"{output_dir.name}.grid-{i}")
+        shutil.rmtree(candidate, ignore_errors=True)
+        stats = finetune(
+            rows,
+            base_model,
+            candidate,
+            validation=validation,
+            checkpoint_dir=Path(checkpoint_dir, f"grid-{i}") if checkpoint_dir else None,
+            embeddings_caches=(caches[0], None) if caches else None,  # the candidates' own vectors are not kept
+            **{**settings, **point},
+        )
+        tried.append((validation_score(stats), i, stats))
+        log.info("grid point %s: validation nDCG@10 %s", point, tried[-1][0])
+    best_score, best, stats = max(tried, key=lambda t: (t[0], -t[1]))
+    for _, i, other in tried:
+        if i != best:
+            shutil.rmtree(other["path"], ignore_errors=True)
+    Path(stats["path"]).rename(output_dir)
+    stats["path"] = str(output_dir)
+    stats["grid"] = [
+        {**grid[i], "validation_ndcg@10": score, "kept": i == best} for score, i, _ in sorted(tried, key=lambda t: t[1])
+    ]
     return stats

@@ -1,29 +1,13 @@
 """Artifacts as plain files a user can open: tables as Parquet, everything else as JSON."""
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from embed_pipeline.core.storage import ArtifactStore
+from embed_pipeline.core.storage import ArtifactStore, write_atomically
 from embed_pipeline.defs.resources import VERSIONS_DIR
-
-
-def write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; artifacts are meant to be shared and read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):

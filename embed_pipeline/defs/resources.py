@@ -1,5 +1,7 @@
 """Dagster resources: where documents and artifacts live, and the one compute device."""
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,7 +11,7 @@ import dagster as dg
 
 from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
 from embed_pipeline.core.documents import DocumentError
-from embed_pipeline.core.query_examples import SeedQuery, load_query_examples
+from embed_pipeline.core.query_examples import SeedQuery, load_query_examples, seed_form_mix
 from embed_pipeline.core.storage import ArtifactStore, shared_append_log
 from embed_pipeline.core.versions import KEY_PREFIX, corpus_version_key, snapshot_documents
 
@@ -84,6 +86,16 @@ class PipelineResource(dg.ConfigurableResource):
     def seed_queries(self) -> list[SeedQuery]:
         """The users' example queries (`query_examples`), or none."""
         return load_query_examples(self.query_examples) if self.query_examples else []
+
+    def embeddings_cache(self, version: str, model_path: str) -> Path:
+        """Where one model's passage embeddings for this corpus version are kept (`CachedDocuments`), keyed by
+        the model's path and the prompts: every stage then encodes a passage once per model."""
+        identity = json.dumps([str(model_path), self.query_prompt, self.passage_prompt])
+        return self.version_artifacts(version, "embeddings", hashlib.sha256(identity.encode()).hexdigest()[:12])
+
+    def seed_forms(self) -> set[str] | None:
+        """The query forms of the seed queries (validation questions of these forms choose the settings)."""
+        return set(seed_form_mix(self.seed_queries())) or None
 
     def base_model_path(self) -> str:
         return base_model_path(self.base_model)

@@ -26,7 +26,7 @@ from embed_pipeline.core.report import (
     report_markdown,
     synthetic_test_set,
 )
-from embed_pipeline.defs.io_manager import write_atomically
+from embed_pipeline.core.storage import write_atomically
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import GENERAL_OOD, PipelineResource, TorchDeviceResource
 
@@ -103,6 +103,16 @@ def beir_report(
             **{f"fine-tuned @{d}": model_dir for d in matryoshka},
         },
         truncate_dims={f"fine-tuned @{d}": d for d in matryoshka},
+        hybrids={
+            f"hybrid ({'base' if model == 'base' else 'tuned'})": (model, fusion["bm25_weight"])
+            for model, fusion in (finetuned_model.get("fusion") or {}).items()
+            if fusion
+        },
+        ignore_identical_ids=config.ignore_identical_ids,
+        document_caches={
+            "base": pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
+            "fine-tuned": pipeline.embeddings_cache(context.partition_key, model_dir),
+        },
         device=compute.torch_device(),
         top_k=config.top_k,
         batch_size=config.batch_size,

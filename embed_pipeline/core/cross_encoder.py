@@ -1,0 +1,139 @@
+"""An in-domain cross-encoder teacher: the base bi-encoder's transformer with a fresh one-logit head, trained
+on the synthetic questions' positives and mined negatives, then used to score every mined pair (GPL's
+teacher, which no offline package ships pretrained).
+
+Example::
+
+    stats = train_cross_encoder(mined, chunks, base_model_path(None), "artifacts/cross-encoder")
+    mined = cross_encoder_teacher_scores(mined, chunks, stats["path"])
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def cross_encoder_pairs(mined: pd.DataFrame, chunks: pd.DataFrame, num_negatives: int = 4) -> pd.DataFrame:
+    """Training pairs: (question, positive passage, 1.0) and (question, each of its first `num_negatives`
+    mined negatives, 0.0)."""
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
+    rows = []
+    for question, positive, negatives in zip(
+        mined["question"], mined["positive_chunk_id"], mined["negative_chunk_ids"], strict=True
+    ):
+        rows.append((question, passage_of[positive], 1.0))
+        rows.extend((question, passage_of[c], 0.0) for c in list(negatives)[:num_negatives])
+    return pd.DataFrame(rows, columns=["query", "passage", "label"])
+
+
+def train_cross_encoder(
+    mined: pd.DataFrame,
+    chunks: pd.DataFrame,
+    base_model: str,
+    output_dir: str | Path,
+    device: str = "cpu",
+    epochs: int = 1,
+    learning_rate: float = 2e-5,
+    batch_size: int = 32,
+    num_negatives: int = 4,
+    seed: int = 42,
+) -> dict:
+    """Train the cross-encoder with binary cross-entropy (positives up-weighted by the negatives per
+    positive, so both classes count alike) and save it to `output_dir` (written beside it, then renamed)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from embed_pipeline.core.training import use_bf16
+
+    pairs = cross_encoder_pairs(mined, chunks, num_negatives)
+    if pairs.empty or pairs["label"].nunique() < 2:
+        raise ValueError("the cross-encoder teacher needs questions with mined negatives: none were mined")
+    output_dir = Path(output_dir)
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model = CrossEncoder(base_model, num_labels=1, device=device)
+    negatives_per_positive = (pairs["label"] == 0).sum() / max(1, (pairs["label"] == 1).sum())
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(negatives_per_positive)))
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(staging / "checkpoints"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=0.1,
+        save_strategy="no",
+        logging_steps=10,
+        report_to="none",
+        seed=seed,
+        use_cpu=device == "cpu",
+        bf16=use_bf16(device),
+    )
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=Dataset.from_pandas(pairs, preserve_index=False), loss=loss
+    )
+    started = time.perf_counter()
+    result = trainer.train()
+    model.save_pretrained(str(staging))
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    staging.rename(output_dir)
+    return {
+        "path": str(output_dir),
+        "pairs": len(pairs),
+        "positives": int((pairs["label"] == 1).sum()),
+        "steps": int(result.global_step),
+        "final_loss": round(float(result.training_loss), 4),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def cross_encoder_teacher_scores(
+    mined: pd.DataFrame, chunks: pd.DataFrame, model_path: str | Path, device: str = "cpu", batch_size: int = 64
+) -> pd.DataFrame:
+    """`mined` with teacher scores from the cross-encoder: its probability that a passage answers the question
+    (sigmoid of the logit), mapped onto the question's range of base-model scores (0: its lowest, 1: its
+    highest), so the margins have the student's scale."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    model = CrossEncoder(str(model_path), device=device)
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
+    pairs = sorted(
+        {
+            (q, c)
+            for q, positive, negatives in zip(
+                mined["question"], mined["positive_chunk_id"], mined["negative_chunk_ids"], strict=True
+            )
+            for c in [positive, *negatives]
+        }
+    )
+    probabilities = model.predict(
+        [(q, passage_of[c]) for q, c in pairs], batch_size=batch_size, activation_fn=_sigmoid(), show_progress_bar=True
+    )
+    probability = dict(zip(pairs, (float(p) for p in probabilities), strict=True))
+    positives, negatives = [], []
+    for row in mined.itertuples(index=False):
+        base = [s for s in [row.positive_score, *row.negative_scores] if s is not None]
+        low, high = (min(base), max(base)) if base else (0.0, 1.0)
+        positives.append(low + probability[(row.question, row.positive_chunk_id)] * (high - low))
+        negatives.append([low + probability[(row.question, c)] * (high - low) for c in row.negative_chunk_ids])
+    out = mined.copy()
+    out["teacher_positive_score"], out["teacher_negative_scores"] = positives, negatives
+    return out
+
+
+def _sigmoid():
+    import torch
+
+    return torch.nn.Sigmoid()
