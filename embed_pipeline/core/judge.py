@@ -8,18 +8,15 @@ is not the requested JSON is asked again, then recorded as a failure.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 
 import pandas as pd
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from embed_pipeline.core.llm import LLMCall, LLMSettings, MalformedResponse, ResponseCache, model_identity, run_calls
+from embed_pipeline.core.llm import LLMCall, LLMSettings, ResponseCache, model_identity, parse_json_answer, run_calls
 from embed_pipeline.core.question_filters import DROPPED_COLUMNS
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 CRITERIA = ("relevance", "accuracy", "context_support", "clarity")
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 class Judgement(BaseModel):
@@ -53,11 +50,7 @@ def judge_prompt(question: str, passages: list[str]) -> list[dict[str, str]]:
 
 def parse_judgement(content: str) -> Judgement:
     """The first JSON object in the answer, validated; MalformedResponse (retried) otherwise."""
-    match = _JSON_OBJECT.search(content)
-    try:
-        return Judgement.model_validate(json.loads(match.group(0) if match else content))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise MalformedResponse(f"judge answer is not the requested JSON: {content[:200]!r}") from exc
+    return parse_json_answer(content, Judgement, "judge")
 
 
 def judge_key(model: str, question: str, content_hashes: list[str]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,21 @@ class ResponseCache:
 
 class MalformedResponse(RuntimeError):
     """The endpoint answered, but not with a usable chat completion (retried like a 5xx)."""
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_json_answer(content: str, schema, what: str):
+    """The JSON object in an LLM's answer (prose around it allowed), validated by the pydantic `schema`;
+    MalformedResponse (asked again) naming `what` otherwise."""
+    from pydantic import ValidationError
+
+    match = _JSON_OBJECT.search(content)
+    try:
+        return schema.model_validate(json.loads(match.group(0) if match else content))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise MalformedResponse(f"{what} answer is not the requested JSON: {content[:200]!r}") from exc
 
 
 def _is_permanent(exc: Exception) -> bool:

@@ -16,23 +16,19 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import re
 from pathlib import Path
 
 import bm25s
 import numpy as np
 import pandas as pd
 import Stemmer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from embed_pipeline.core.llm import LLMCall, LLMSettings, MalformedResponse, ResponseCache, model_identity, run_calls
+from embed_pipeline.core.llm import LLMCall, LLMSettings, ResponseCache, model_identity, parse_json_answer, run_calls
 
 log = logging.getLogger(__name__)
 
-TEACHERS = ("none", "hybrid", "cross_encoder", "llm")
-_JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
 DEFAULT_BM25_WEIGHT = 0.5
 """The hybrid teacher's BM25 weight when there are no validation questions to choose it on: an even mix."""
 NORMALISE_TOP_K = 100
@@ -142,11 +138,7 @@ def grade_prompt(question: str, passage: str) -> list[dict[str, str]]:
 
 def parse_grade(content: str) -> Grade:
     """The first JSON object in the answer, validated; MalformedResponse (asked again) otherwise."""
-    match = _JSON_OBJECT.search(content)
-    try:
-        return Grade.model_validate(json.loads(match.group(0) if match else content))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise MalformedResponse(f"teacher answer is not the requested JSON: {content[:200]!r}") from exc
+    return parse_json_answer(content, Grade, "teacher")
 
 
 def grade_key(model: str, question: str, content_hash: str) -> str:
