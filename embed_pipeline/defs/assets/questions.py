@@ -52,8 +52,8 @@ def synthetic_qa(
             context.log.info(f"Rejected ({reason}): {example['completion']!r}")
 
         model = None
-        if config.roundtrip == "base" or config.dedup_threshold is not None:
-            # Short texts only (questions; the corpus once for roundtrip="base"): CPU, outside the gpu pool.
+        if config.roundtrip in ("base", "either") or config.dedup_threshold is not None:
+            # Short texts only (questions; the corpus once for roundtrip "base" or "either"): CPU, outside the gpu pool.
             model = pipeline.base_bi_encoder("cpu")
         kept, dropped = filter_questions(
             result.questions,
