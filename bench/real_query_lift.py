@@ -74,6 +74,9 @@ VARIANTS: dict[str, dict] = {
             },
         }
     },
+    "hybrid-teacher+margin-mse+either": {
+        "config": {**TODAY, **HYBRID_MARGIN, "synthetic_qa": {"roundtrip": "either"}},
+    },
     "default+seed8": {"config": {}, "seeds": 8},
     "default+qwen": {"config": {}, "generator": "qwen"},
 }
@@ -95,8 +98,11 @@ def commit() -> str:
     return done.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
-def run_variant(name: str, collection: str, work: Path, max_questions: int, llm_cache: Path | None) -> dict:
-    """One `embed-pipeline run` of `VARIANTS[name]` on `collection`; its row of the results."""
+def run_variant(
+    name: str, collection: str, work: Path, max_questions: int, llm_cache: Path | None, reuse_log: bool = False
+) -> dict:
+    """One `embed-pipeline run` of `VARIANTS[name]` on `collection` (or, with `reuse_log`, the log of one that
+    finished); its row of the results."""
     variant, info = VARIANTS[name], COLLECTIONS[collection]
     folder = info["folder"]
     out = work / collection / ("qwen" if variant.get("generator") == "qwen" else "smollm2")
@@ -132,16 +138,24 @@ def run_variant(name: str, collection: str, work: Path, max_questions: int, llm_
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "DAGSTER_HOME": str(home),
     }
-    print(f"[{collection} / {name}] {' '.join(command)}", flush=True)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - started
-    (work / collection / f"{name}.log").write_text(done.stdout + "\n" + done.stderr)
-    if done.returncode not in (0, 3):  # 3: the gate blocked the export; the report exists and counts
-        sys.exit(f"embed-pipeline failed on {collection} / {name}:\n{done.stderr[-3000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    run_id = re.search(r"Dagster run (\S+) stored", done.stdout).group(1)
-    model = json.loads((out / "finetuned_model.json").read_text())
+    log = work / collection / f"{name}.log"
+    if reuse_log and log.is_file():  # a finished run, re-read (e.g. after a fix to this script)
+        stdout = log.read_text()
+        logged = re.search(r"^wall_s (\S+)$", stdout, re.M)
+        wall = float(logged.group(1)) if logged else None
+    else:
+        print(f"[{collection} / {name}] {' '.join(command)}", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        wall = round(time.perf_counter() - started, 1)
+        log.write_text(done.stdout + f"\nwall_s {wall}\n" + done.stderr)
+        if done.returncode not in (0, 3):  # 3: the gate blocked the export; the report exists and counts
+            sys.exit(f"embed-pipeline failed on {collection} / {name}:\n{done.stderr[-3000:]}")
+        stdout = done.stdout
+    report = json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"schema_version"')))
+    run_id = re.search(r"Dagster run (\S+) stored", stdout).group(1)
+    version = re.search(r"corpus version:\s+(\S+)", stdout).group(1)
+    model = json.loads((out / "versions" / version / "finetuned_model.json").read_text())
     real = report["query_sets"]["real_queries"]
     return {
         "systems": {
@@ -167,7 +181,7 @@ def run_variant(name: str, collection: str, work: Path, max_questions: int, llm_
         },
         "training": {k: model.get(k) for k in ("train_rows", "train_questions", "steps", "batch_size", "loss")},
         "gate_passed": report["gate"]["passed"],
-        "wall_s": round(wall, 1),
+        "wall_s": wall,
         "step_seconds": step_seconds(home, run_id),
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d"),
@@ -204,7 +218,8 @@ def markdown(results: dict) -> str:
             ]
             ci = row["ci95_finetuned_minus_base"]
             lift = f"{row['delta_finetuned_minus_base']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {lift} | {row['wall_s'] / 60:.0f} min |")
+            wall = f"{row['wall_s'] / 60:.0f} min" if row["wall_s"] else "-"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {lift} | {wall} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -215,6 +230,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
     parser.add_argument("--max-questions", type=int, help="Question budget per collection (default: per collection).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/embed_pipeline_bench_lift"))
+    parser.add_argument(
+        "--reuse-logs",
+        action="store_true",
+        help="Re-read finished runs' logs in the work folder, not re-run.",
+    )
     args = parser.parse_args()
     results = json.loads(RESULT_FILE.read_text()) if RESULT_FILE.is_file() else {"collections": {}}
     for collection in args.collections:
@@ -222,7 +242,7 @@ def main() -> None:
             generator = "qwen" if VARIANTS[name].get("generator") == "qwen" else "smollm2"
             committed = RESULTS / f"real_query_lift_{collection}_{generator}_llm_responses.jsonl.gz"
             budget = args.max_questions or COLLECTIONS[collection]["max_questions"]
-            row = run_variant(name, collection, args.work, budget, committed)
+            row = run_variant(name, collection, args.work, budget, committed, args.reuse_logs)
             results["collections"].setdefault(collection, {"variants": {}})["variants"][name] = row
             RESULTS.mkdir(parents=True, exist_ok=True)
             RESULT_FILE.write_text(json.dumps(results, indent=2) + "\n")

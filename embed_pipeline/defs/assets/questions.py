@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import SplitConfig, SyntheticQAConfig
+from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import load_beir_queries
 from embed_pipeline.core.judge import judge_questions
 from embed_pipeline.core.plots import realism_histograms_markdown
@@ -53,8 +54,9 @@ def synthetic_qa(
 
         model = None
         if config.roundtrip in ("base", "either") or config.dedup_threshold is not None:
-            # Short texts only (questions; the corpus once for roundtrip "base" or "either"): CPU, outside the gpu pool.
-            model = pipeline.base_bi_encoder("cpu")
+            # Questions, and the corpus once for roundtrip "base"/"either" (cached): CPU, outside the gpu pool.
+            cache = pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path())
+            model = CachedDocuments(pipeline.base_bi_encoder("cpu"), cache)  # the corpus, shared with mining
         kept, dropped = filter_questions(
             result.questions,
             chunked_corpus,
