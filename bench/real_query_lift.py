@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 from recipe_scifact import step_seconds  # bench/ is on sys.path when run as a script
+from scifact_subset import report_of, version_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -152,10 +153,9 @@ def run_variant(
         if done.returncode not in (0, 3):  # 3: the gate blocked the export; the report exists and counts
             sys.exit(f"embed-pipeline failed on {collection} / {name}:\n{done.stderr[-3000:]}")
         stdout = done.stdout
-    report = json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"schema_version"')))
+    report = report_of(stdout)
     run_id = re.search(r"Dagster run (\S+) stored", stdout).group(1)
-    version = re.search(r"corpus version:\s+(\S+)", stdout).group(1)
-    model = json.loads((out / "versions" / version / "finetuned_model.json").read_text())
+    model = json.loads((version_folder(stdout, out) / "finetuned_model.json").read_text())
     real = report["query_sets"]["real_queries"]
     return {
         "systems": {

@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 
 import yaml
-from scifact_subset import build_subset, run_pipeline, seed_llm_cache  # bench/ is on sys.path when run as a script
+from scifact_subset import (  # bench/ is on sys.path when run as a script
+    build_subset,
+    run_pipeline,
+    seed_llm_cache,
+    version_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -63,7 +68,7 @@ def main() -> None:
     (out / "dagster_home").mkdir(parents=True, exist_ok=True)
     report, stdout, wall = run_pipeline(data, out, *flags, env={"DAGSTER_HOME": str(out / "dagster_home")})
     run_id = re.search(r"Dagster run (\S+) stored", stdout).group(1)
-    model = json.loads((out / "finetuned_model.json").read_text())
+    model = json.loads((version_folder(stdout, out) / "finetuned_model.json").read_text())
     meta = {
         "command": "python " + " ".join(sys.argv),
         "machine": f"{os.cpu_count()} CPU cores, no GPU",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -53,7 +54,17 @@ def run_pipeline(data: Path, out: Path, *flags: str, env: dict | None = None) ->
     )
     if done.returncode not in (0, 3):
         sys.exit(f"embed-pipeline failed on {data}:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout, time.perf_counter() - started
+    return report_of(done.stdout), done.stdout, time.perf_counter() - started
+
+
+def report_of(stdout: str) -> dict:
+    """The report JSON that `embed-pipeline run --json` prints, one line among the run's summary."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"schema_version"')))
+
+
+def version_folder(stdout: str, out: Path) -> Path:
+    """The artifact folder of the corpus version a run's summary names (`finetuned_model.json` etc.)."""
+    return out / "versions" / re.search(r"corpus version:\s+(\S+)", stdout).group(1)
 
 
 def seed_llm_cache(source: Path, out: Path) -> int:

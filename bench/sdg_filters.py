@@ -23,7 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from scifact_subset import build_subset, run_pipeline, seed_llm_cache  # bench/ is on sys.path when run as a script
+from scifact_subset import (  # bench/ is on sys.path when run as a script
+    build_subset,
+    run_pipeline,
+    seed_llm_cache,
+    version_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -86,12 +91,13 @@ def run_variant(name: str, qa_config: dict, args: argparse.Namespace, data: Path
     qa = {"max_chunks": args.max_chunks, "local_runtime": args.local_runtime, **qa_config}
     config.write_text(yaml.safe_dump({"synthetic_qa": qa, "finetuned_model": {"epochs": args.epochs}}))
     cached_before = _cache_lines(work)
-    report, _, wall = run_pipeline(data, work / "artifacts", "--config", str(config))
-    qa = json.loads((work / "artifacts" / "finetuned_model.json").read_text())
+    report, stdout, wall = run_pipeline(data, work / "artifacts", "--config", str(config))
+    version = version_folder(stdout, work / "artifacts")
+    qa = json.loads((version / "finetuned_model.json").read_text())
     return {
         "variant": name,
         "wall_s": round(wall, 1),
-        "questions": len(pd.read_parquet(work / "artifacts" / "synthetic_qa.parquet")),
+        "questions": len(pd.read_parquet(version / "synthetic_qa.parquet")),
         "llm_calls_made": _cache_lines(work) - cached_before,
         "train_rows": qa["train_rows"],
         "train_steps": qa["steps"],
