@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 from recipe_scifact import step_seconds  # bench/ is on sys.path when run as a script
-from scifact_subset import report_of, version_folder
+from scifact_subset import report_of, run_id_of, version_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -154,7 +154,7 @@ def run_variant(
             sys.exit(f"embed-pipeline failed on {collection} / {name}:\n{done.stderr[-3000:]}")
         stdout = done.stdout
     report = report_of(stdout)
-    run_id = re.search(r"Dagster run (\S+) stored", stdout).group(1)
+    run_id = run_id_of(stdout)
     model = json.loads((version_folder(stdout, out) / "finetuned_model.json").read_text())
     real = report["query_sets"]["real_queries"]
     return {

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 from scifact_subset import (  # bench/ is on sys.path when run as a script
     build_subset,
+    run_id_of,
     run_pipeline,
     seed_llm_cache,
     version_folder,
@@ -67,7 +67,7 @@ def main() -> None:
     flags += ["--config", str(args.config)] if args.config else []
     (out / "dagster_home").mkdir(parents=True, exist_ok=True)
     report, stdout, wall = run_pipeline(data, out, *flags, env={"DAGSTER_HOME": str(out / "dagster_home")})
-    run_id = re.search(r"Dagster run (\S+) stored", stdout).group(1)
+    run_id = run_id_of(stdout)
     model = json.loads((version_folder(stdout, out) / "finetuned_model.json").read_text())
     meta = {
         "command": "python " + " ".join(sys.argv),

@@ -62,6 +62,11 @@ def report_of(stdout: str) -> dict:
     return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"schema_version"')))
 
 
+def run_id_of(stdout: str) -> str:
+    """The Dagster run id a run's summary names (for its step times)."""
+    return re.search(r"Dagster run (\S+) stored", stdout).group(1)
+
+
 def version_folder(stdout: str, out: Path) -> Path:
     """The artifact folder of the corpus version a run's summary names (`finetuned_model.json` etc.)."""
     return out / "versions" / re.search(r"corpus version:\s+(\S+)", stdout).group(1)
