@@ -43,11 +43,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(onnx_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(onnx_dir: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`embed-pipeline serve` on `onnx_dir` (with extra `flags`) on a free port, once it is ready."""
     port = _free_port()
     cli = Path(sys.executable).parent / "embed-pipeline"
     process = subprocess.Popen(
-        [str(cli), "serve", "--model", str(onnx_dir), "--port", str(port), "--max-batch", "256"],
+        [str(cli), "serve", "--model", str(onnx_dir), "--port", str(port), "--max-batch", "256", *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -8,9 +8,12 @@ import logging
 import os
 import shutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from embed_pipeline.core.encoders import ENDPOINT_TIMEOUT_S
 from embed_pipeline.core.storage import ArtifactStore, StorageError, is_url
+from embed_pipeline.serving.limits import ServeLimits
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -52,6 +55,13 @@ def _root_cause(error) -> str:
     return error.message.strip()
 
 
+def _caused_by_documents(error) -> bool:
+    """Whether a step failed on a DocumentError: bad input (exit code 2), not a pipeline failure."""
+    while error.cause is not None:
+        error = error.cause
+    return error.cls_name == "DocumentError"
+
+
 def _run_config(args: argparse.Namespace) -> dict:
     """Per-asset config: a YAML file ({asset: {field: value}}) overridden by command-line flags."""
     from embed_pipeline.config import asset_run_config, load_asset_settings
@@ -81,7 +91,9 @@ def _run_config(args: argparse.Namespace) -> dict:
 def run_pipeline(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from embed_pipeline.core.documents import DocumentError
+    from embed_pipeline.config import DocumentsConfig
+    from embed_pipeline.core.documents import DocumentError, load_documents
+    from embed_pipeline.core.evaluation import judgment_coverage, load_beir_queries
     from embed_pipeline.core.query_examples import QueryExamplesError, load_query_examples
     from embed_pipeline.core.versions import check_version_name, corpus_version_key
     from embed_pipeline.definitions import materialize_version
@@ -91,6 +103,18 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if not is_url(docs) and not docs.exists():
         print(f"error: --docs {docs} does not exist", file=sys.stderr)
         return 2
+    run_config = {**_run_config(args), "loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    if not is_url(docs):  # a bad document is bad input: named first, exit 2, before Dagster starts
+        try:
+            documents = DocumentsConfig(**run_config["ops"].get("raw_documents", {}).get("config", {}))
+        except ValueError as exc:
+            print(f"error: invalid configuration: raw_documents: {exc}", file=sys.stderr)
+            return 2
+        try:
+            loaded = load_documents(docs, on_error=documents.on_error, max_chars=documents.max_document_chars)
+        except DocumentError as exc:
+            print(f"error: --docs: {exc}", file=sys.stderr)
+            return 2
     try:
         version = check_version_name(args.corpus_version) if args.corpus_version else corpus_version_key(docs)
     except DocumentError as exc:
@@ -106,6 +130,12 @@ def run_pipeline(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.eval_beir and not is_url(docs):  # qrels that judge none of these documents: found before training
+        try:
+            judgment_coverage(args.eval_beir, load_beir_queries(args.eval_beir)[1], set(loaded.documents["doc_id"]))
+        except ValueError as exc:
+            print(f"error: --eval-beir: {exc}", file=sys.stderr)
+            return 2
     if args.query_examples:
         try:
             load_query_examples(args.query_examples)
@@ -122,7 +152,6 @@ def run_pipeline(args: argparse.Namespace) -> int:
         query_prompt=args.query_prompt,
         passage_prompt=args.passage_prompt,
     )
-    run_config = {**_run_config(args), "loggers": {"console": {"config": {"log_level": args.log_level}}}}
     try:
         instance = _instance(pipeline.store().workdir)
     except StorageError as exc:
@@ -144,7 +173,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         for event in failures:
             print(f"\nerror in step {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
         print(f"(full trace in the Dagster run log, DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
-        return 1
+        return 2 if all(_caused_by_documents(event.step_failure_data.error) for event in failures) else 1
     report = result.output_for_node("beir_report")
     print("\n" + report_markdown(report) + "\n")
     print(gate_summary(report["gate"]))
@@ -286,11 +315,8 @@ def serve(args: argparse.Namespace) -> int:
             str(model),
             model_name=args.name,
             api_key=api_key,
-            max_batch=args.max_batch,
             allowed_dimensions=args.dimensions,
-            max_body_bytes=args.max_body_bytes,
-            batch_wait_ms=args.batch_wait_ms,
-            max_batch_texts=args.max_batch_texts,
+            limits=ServeLimits(**{setting.name: getattr(args, setting.name) for setting in fields(ServeLimits)}),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -312,8 +338,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
     from embed_pipeline.config import ChunkingConfig
     from embed_pipeline.core.device import base_model_path, resolve_device
-    from embed_pipeline.core.evaluation import saved_fusion
-    from embed_pipeline.core.report import evaluate_on_beir, report_markdown
+    from embed_pipeline.core.evaluation import judgments_note, saved_fusion
+    from embed_pipeline.core.report import REAL, evaluate_on_beir, report_markdown
 
     systems = _system_names(args.model)
     # A model saved with its hybrid setting (fusion.json, or export.json's "hybrid") gets its hybrid row.
@@ -330,12 +356,15 @@ def evaluate(args: argparse.Namespace) -> int:
             query_prompt=args.query_prompt,
             passage_prompt=args.passage_prompt,
             api_key_env=args.api_key_env,
+            endpoint_timeout_s=args.timeout,
             hybrids={f"hybrid ({name})": (name, f["bm25_weight"]) for name, f in fusions.items() if f},
             ignore_identical_ids={"auto": None, "ignore": True, "keep": False}[args.identical_ids],
         )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if note := judgments_note(report["query_sets"][REAL]["judgments"]):
+        print(f"warning: {note}", file=sys.stderr)
     print("\n" + report_markdown(report) + "\n")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
@@ -370,19 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--api-key-env", help="Require this environment variable's value as bearer token.")
-    server.add_argument("--max-batch", type=int, default=256, help="Most inputs per request.")
     server.add_argument(
         "--dimensions", type=int, nargs="+", help="Sizes a request may ask for (Matryoshka); default: the full one."
     )
-    server.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="Largest request body (413 above).")
-    server.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=0.0,
-        help="How long a request waits for others to be encoded with; 0: only those that queued while the model "
-        "was busy (continuous batching).",
-    )
-    server.add_argument("--max-batch-texts", type=int, default=128, help="Most texts one dynamic batch gathers.")
+    for setting in fields(ServeLimits):
+        server.add_argument(
+            f"--{setting.name.replace('_', '-')}",
+            type=type(setting.default),
+            default=setting.default,
+            help=setting.metadata["help"],
+        )
     _flags_from_environment(server, SERVE_ENV_PREFIX)
     scorer = commands.add_parser(
         "eval", help="Score models (id or folder, ONNX export, or /v1/embeddings URL) on a BEIR folder."
@@ -398,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--query-prompt", help='Text prepended to queries, e.g. "query: " for E5 models.')
     scorer.add_argument("--passage-prompt", help='Text prepended to passages, e.g. "passage: " for E5 models.')
     scorer.add_argument("--api-key-env", help="Environment variable holding the endpoint's bearer token.")
+    scorer.add_argument(
+        "--timeout",
+        type=float,
+        default=ENDPOINT_TIMEOUT_S,
+        help="Seconds a server may take per request before the evaluation fails (2 retries).",
+    )
     scorer.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
     scorer.add_argument("--batch-size", type=int, default=64, help="Texts per encode call (or per request).")
     scorer.add_argument(

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from embed_pipeline.core.document_pairs import PAIR_SOURCES
+from embed_pipeline.core.documents import MAX_DOCUMENT_CHARS
 from embed_pipeline.core.llm import DEFAULT_MODEL, LLMSettings
 from embed_pipeline.core.sdg import normalise_form_mix
 
@@ -19,6 +20,12 @@ from embed_pipeline.core.sdg import normalise_form_mix
 class DocumentsConfig(dg.Config):
     on_error: Literal["raise", "skip"] = Field(
         default="raise", description="Bad file: stop with an error naming it, or skip it and list the reason."
+    )
+    max_document_chars: int = Field(
+        default=MAX_DOCUMENT_CHARS,
+        gt=0,
+        description="Longest document text accepted, in characters; a longer one is a bad file (named; on_error "
+        "decides) rather than many minutes of chunking.",
     )
 
 

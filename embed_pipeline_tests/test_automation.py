@@ -1,9 +1,21 @@
 """The documents sensor and the re-training schedule, evaluated against a real (temporary) Dagster instance."""
 
+import shutil
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
-from embed_pipeline.core.versions import check_version_name, corpus_version_key, snapshot_documents
+from embed_pipeline.core.documents import DocumentError, load_documents
+from embed_pipeline.core.versions import (
+    check_version_name,
+    corpus_version_key,
+    snapshot_documents,
+    snapshot_origin,
+    stat_signature,
+    unreadable_files,
+)
+from embed_pipeline.definitions import materialize_version
 from embed_pipeline.defs.automation import documents_sensor, retrain_latest_version
 from embed_pipeline.defs.resources import PipelineResource, default_pipeline_resource
 
@@ -83,6 +95,69 @@ def test_a_snapshot_is_never_rewritten(tmp_path):
     assert snapshot_documents(docs, tmp_path / "pinned") == pinned
     assert (pinned / "corpus.jsonl").read_text() == '{"_id": "1", "text": "first"}\n'
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def _docs_with_broken_link(tmp_path, kind: str):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nAlpha documents are fine.\n")
+    link = docs / "link.md"
+    link.symlink_to(link if kind == "loop" else docs / "gone.md")
+    return docs, link
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_a_broken_link_has_a_version_and_a_snapshot_that_the_loader_names_or_skips(tmp_path, kind):
+    docs, link = _docs_with_broken_link(tmp_path, kind)
+    key = corpus_version_key(docs)
+    assert key == corpus_version_key(docs) and stat_signature(docs)
+    pinned = snapshot_documents(docs, tmp_path / "pinned")
+    assert sorted(p.name for p in pinned.iterdir() if not p.name.startswith(".")) == ["a.md"]
+    unreadable = unreadable_files(pinned)
+    assert [u.path for u in unreadable] == [str(pinned / "link.md")]
+    origin = snapshot_origin(docs)
+    with pytest.raises(DocumentError, match=f"^{link}: not readable: a symbolic link"):
+        load_documents(pinned, shown_as=origin, unreadable=unreadable)
+    loaded = load_documents(pinned, on_error="skip", shown_as=origin, unreadable=unreadable)
+    assert list(loaded.documents["doc_id"]) == ["a.md"] and [s.path for s in loaded.skipped] == [str(link)]
+    link.unlink()
+    assert corpus_version_key(docs) != key  # removing (or fixing) the link is a new version
+
+
+def test_a_file_that_vanishes_while_it_is_pinned_is_listed_as_unreadable(tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("kept")
+    (docs / "b.md").write_text("removed while the snapshot is taken")
+    copy = shutil.copy2
+
+    def copy_while_b_vanishes(src, dst):
+        if src.endswith("b.md"):
+            Path(src).unlink()
+        return copy(src, dst)
+
+    monkeypatch.setattr(shutil, "copy2", copy_while_b_vanishes)
+    pinned = snapshot_documents(docs, tmp_path / "pinned")
+    [lost] = unreadable_files(pinned)
+    assert lost.path == str(pinned / "b.md") and "vanished while it was being read" in lost.reason
+    assert not (pinned / "b.md").exists() and (pinned / "a.md").read_text() == "kept"
+
+
+def test_raw_documents_names_a_broken_link_by_its_path_or_skips_and_counts_it(tmp_path):
+    docs, link = _docs_with_broken_link(tmp_path, "dangling")
+    pipeline = PipelineResource(docs_path=str(docs), artifacts_dir=str(tmp_path / "artifacts"))
+    version = corpus_version_key(docs)
+    with dg.instance_for_test() as instance:
+        failed = materialize_version(version, pipeline, instance, selection=["raw_documents"], raise_on_error=False)
+        error = failed.get_step_failure_events()[0].step_failure_data.error
+        while error.cause is not None:
+            error = error.cause
+        assert error.cls_name == "DocumentError" and error.message.split(": ", 1)[1].startswith(f"{link}: ")
+        skip = {"ops": {"raw_documents": {"config": {"on_error": "skip"}}}}
+        result = materialize_version(version, pipeline, instance, selection=["raw_documents"], run_config=skip)
+        metadata = result.asset_materializations_for_node("raw_documents")[0].metadata
+    assert list(result.output_for_node("raw_documents")["doc_id"]) == ["a.md"]
+    assert metadata["skipped_files"].value == 1 and str(link) in metadata["skipped"].value
 
 
 def test_a_content_version_refuses_documents_that_no_longer_match(tmp_path):

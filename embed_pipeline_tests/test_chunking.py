@@ -200,6 +200,42 @@ def test_title_counts_toward_budget(tok) -> None:
     assert max(n_tokens(tok, p) for p in titled["passage"]) <= 64
 
 
+def test_a_title_only_beir_record_is_chunked_and_retrievable(tok, tmp_path) -> None:
+    from embed_pipeline.core.documents import load_documents
+    from embed_pipeline.core.evaluation import bm25_search
+
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text(
+        json.dumps({"_id": "t1", "title": "Aspirin lowers fever in adults", "text": ""})
+        + "\n"
+        + json.dumps({"_id": "d2", "title": "Strings", "text": "A violin has four strings and a bow."})
+        + "\n"
+    )
+    chunks = chunk_documents(load_documents(corpus_file).documents, tok)
+    assert chunks.set_index("doc_id").loc["t1", "passage"] == "Aspirin lowers fever in adults"
+    hits = bm25_search(chunks["chunk_id"].tolist(), chunks["passage"].tolist(), {"q": "what lowers fever"}, top_k=1)
+    assert [chunks.set_index("chunk_id").loc[c, "doc_id"] for c in hits["q"]] == ["t1"]
+
+
+def test_sections_of_a_long_document_with_many_headings_and_fences_are_found_in_linear_time(tok) -> None:
+    import time
+
+    from embed_pipeline.core.chunking import headings
+
+    text = "".join(f"# Part {i}\n\nText of part {i}.\n\n```\n# not a heading {i}\n```\n\n" for i in range(12_000))
+    started = time.perf_counter()
+    found = headings(text)
+    assert time.perf_counter() - started < 2  # was quadratic: about 10 s for this text
+    assert [h for _, h in found[:2]] == ["Part 0", "Part 1"] and len(found) == 12_000
+    chunks = chunk_documents(pd.DataFrame([{"doc_id": "d", "title": "", "text": text[:2000]}]), tok, 64)
+    starts = [
+        (t.split("\n")[0].removeprefix("# "), h)
+        for t, h in zip(chunks["text"], chunks["heading"], strict=True)
+        if t[0] == "#"
+    ]
+    assert len(starts) > 3 and all(part == heading for part, heading in starts)  # a chunk's section is its own
+
+
 def test_empty_input_and_bad_arguments(tok) -> None:
     empty = chunk_documents(pd.DataFrame(columns=["doc_id", "title", "text"]), tok)
     assert list(empty.columns) == CHUNK_COLUMNS and empty.empty

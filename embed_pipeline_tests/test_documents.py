@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,8 @@ def test_unreadable_file(tmp_path: Path) -> None:
         ('{"text": "no id"}', "missing field '_id'"),
         ('{"_id": "x"}', "missing field 'text'"),
         ('{"_id": 5, "text": "int id"}', "'_id' must be a string"),
-        ('{"_id": "x", "text": "   "}', "'text' is empty"),
+        ('{"_id": "x", "text": "   "}', "'title' and 'text' are both empty"),
+        ('{"_id": "x", "title": " ", "text": ""}', "'title' and 'text' are both empty"),
         ('{"_id": "x", "text": "t", "title": 3}', "'title' must be a string"),
     ],
 )
@@ -200,6 +202,18 @@ def test_jsonl_bad_line(tmp_path: Path, line: str, fragment: str) -> None:
     assert list(loaded.documents["doc_id"]) == ["ok"]
     assert len(loaded.skipped) == 1 and loaded.skipped[0].path == f"{path}:2"
     assert fragment in loaded.skipped[0].reason
+
+
+def test_title_only_beir_record_is_a_document_whose_text_is_its_title(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [{"_id": "t", "title": "Aspirin lowers fever", "text": ""}, {"_id": "u", "title": "Both", "text": "Body."}],
+    )
+    df = load_documents(path).documents
+    assert df.set_index("doc_id")[["title", "text"]].to_dict("index") == {
+        "t": {"title": "", "text": "Aspirin lowers fever"},
+        "u": {"title": "Both", "text": "Body."},
+    }
 
 
 def test_jsonl_duplicate_id_names_both_lines(tmp_path: Path) -> None:
@@ -263,3 +277,44 @@ def test_permission_denied(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(DocumentError, match="secret.txt.*not readable"):
         load_documents(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"), [("loop", "symbolic link loop"), ("dangling", "symbolic link to .*does not exist")]
+)
+def test_broken_symbolic_links_are_named_bad_files(tmp_path: Path, kind: str, fragment: str) -> None:
+    link = tmp_path / "link.txt"
+    link.symlink_to(link if kind == "loop" else tmp_path / "gone.txt")
+    (tmp_path / "ok.txt").write_text("fine")
+    with pytest.raises(DocumentError, match=f"link.txt: not readable: a {fragment}.*; fix or remove the link"):
+        load_documents(tmp_path)
+    loaded = load_documents(tmp_path, on_error="skip")
+    assert list(loaded.documents["doc_id"]) == ["ok.txt"]
+    assert [s.path for s in loaded.skipped] == [str(link)] and re.search(fragment, loaded.skipped[0].reason)
+
+
+def test_a_document_over_the_size_limit_is_refused_naming_the_file_limit_and_setting(tmp_path: Path) -> None:
+    (tmp_path / "huge.txt").write_text("x" * 101)
+    (tmp_path / "fits.txt").write_text("y" * 100)
+    write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "ok", "text": "short"}, {"_id": "big", "text": "z" * 101}])
+    with pytest.raises(DocumentError, match=r"corpus.jsonl:2: document text has 101 characters") as info:
+        load_documents(tmp_path, max_chars=100)
+    assert "limit of 100" in str(info.value) and "raw_documents.max_document_chars" in str(info.value)
+    loaded = load_documents(tmp_path, on_error="skip", max_chars=100)
+    assert sorted(loaded.documents["doc_id"]) == ["fits.txt", "ok"]
+    assert [Path(s.path).name for s in loaded.skipped] == ["corpus.jsonl:2", "huge.txt"]
+    assert len(load_documents(tmp_path).documents) == 4  # the default limit is generous
+
+
+def test_a_pinned_copy_is_named_by_the_users_path(tmp_path: Path) -> None:
+    pinned = tmp_path / "artifacts" / "versions" / "c-1" / "documents"
+    pinned.mkdir(parents=True)
+    (pinned / "good.txt").write_text("fine")
+    (pinned / "bad.txt").write_bytes(b"caf\xe9")
+    lost = SkippedFile(str(pinned / "lost.txt"), "not readable: a symbolic link loop")
+    with pytest.raises(DocumentError, match=r"^/home/me/docs/bad.txt: not valid UTF-8"):
+        load_documents(pinned, shown_as="/home/me/docs")
+    with pytest.raises(DocumentError, match=r"^/home/me/docs/lost.txt: not readable: a symbolic link loop$"):
+        load_documents(pinned, shown_as="/home/me/docs", unreadable=[lost])
+    loaded = load_documents(pinned, on_error="skip", shown_as="/home/me/docs", unreadable=[lost])
+    assert [s.path for s in loaded.skipped] == ["/home/me/docs/lost.txt", "/home/me/docs/bad.txt"]

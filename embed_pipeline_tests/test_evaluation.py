@@ -17,6 +17,7 @@ from embed_pipeline.core.evaluation import (
     choose_fusion_weight,
     collapse_to_documents,
     dense_search,
+    judgment_coverage,
     load_beir_queries,
     markdown_table,
     per_query_ndcg,
@@ -33,6 +34,7 @@ from embed_pipeline.core.report import (
     gate_summary,
     largest_losses,
     paired_comparison,
+    report_markdown,
 )
 
 CORPUS = {
@@ -305,6 +307,41 @@ def test_load_beir_queries_errors_name_file_and_line(
 
     with pytest.raises(ValueError, match=message):
         load_beir_queries(folder)
+
+
+def test_judgment_coverage_counts_unknown_documents_and_unjudged_queries(tmp_path: Path) -> None:
+    folder = _write_beir(
+        tmp_path / "beir", GOOD_QUERIES, [HEADER, "a.b/c:1\tdoc-2\t1", "a.b/c:1\tgone\t2", "q2\tgone\t0"]
+    )
+    _, qrels = load_beir_queries(folder)
+
+    coverage = judgment_coverage(folder, qrels, set(CORPUS))
+
+    assert coverage == {
+        "qrels": str(folder / "qrels" / "test.tsv"),
+        "judgments": 3,
+        "unknown_document_judgments": 2,
+        "unknown_documents": 1,
+        "unknown_document_examples": ["gone"],
+        "queries_without_judgments": 1,
+        "unjudged_query_examples": ["unjudged"],
+    }
+    report = {"query_sets": {REAL: {"n_queries": 2, "systems": {}, "judgments": coverage}}}
+    assert "2 of 3 judgments name 1 documents that are not in the corpus (e.g. gone)" in report_markdown(report)
+    assert "1 queries of queries.jsonl have no judgment" in report_markdown(report)
+    clean = _write_beir(tmp_path / "clean", GOOD_QUERIES[:1], [HEADER, "a.b/c:1\td:5\t1"])
+    coverage = judgment_coverage(clean, load_beir_queries(clean)[1], set(CORPUS))
+    assert coverage["unknown_document_judgments"] == coverage["queries_without_judgments"] == 0
+    assert "Judgments" not in report_markdown(
+        {"query_sets": {REAL: {**report["query_sets"][REAL], "judgments": coverage}}}
+    )
+
+
+def test_qrels_judging_no_corpus_document_are_refused_naming_the_file(tmp_path: Path) -> None:
+    folder = _write_beir(tmp_path / "beir", GOOD_QUERIES, [HEADER, "a.b/c:1\tx\t1", "q2\tdoc-2\t0"])
+
+    with pytest.raises(ValueError, match=r"qrels/test\.tsv: none of its 1 relevant judgments names a document"):
+        judgment_coverage(folder, load_beir_queries(folder)[1], set(CORPUS))
 
 
 def test_load_beir_queries_missing_inputs(tmp_path: Path) -> None:

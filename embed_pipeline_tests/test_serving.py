@@ -16,9 +16,16 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
@@ -28,6 +35,7 @@ from embed_pipeline.core.export import export_onnx
 from embed_pipeline.core.report import REAL
 from embed_pipeline.defs.resources import SAMPLE_CORPUS
 from embed_pipeline.serving.app import create_app
+from embed_pipeline.serving.limits import ServeLimits
 
 TEXTS = ["How do statins lower cholesterol?", "Statins inhibit HMG-CoA reductase in the liver. " * 5]
 TOKEN = "test-token"
@@ -63,9 +71,8 @@ def server(onnx_dir):
         onnx_dir,
         model_name="minilm-test",
         api_key=TOKEN,
-        max_batch=4,
         allowed_dimensions=[384, 128],
-        max_body_bytes=65536,
+        limits=ServeLimits(max_batch=4, max_body_bytes=65536),
     )
     with _serving(app) as url:
         yield url
@@ -229,7 +236,7 @@ def test_concurrent_requests_are_batched_together_and_each_gets_its_own_vectors(
     requests = [[f"question {i}: {TEXTS[0]}", TEXTS[1][: 40 + 7 * i]] for i in range(8)]
     model = SentenceTransformer(base_model_path(None), device="cpu")
     expected = [model.encode(texts, normalize_embeddings=True) for texts in requests]
-    with _serving(create_app(onnx_dir, batch_wait_ms=300)) as url:
+    with _serving(create_app(onnx_dir, limits=ServeLimits(batch_wait_ms=300))) as url:
         start = threading.Barrier(len(requests))
 
         def call(texts: list[str]) -> np.ndarray:
@@ -333,3 +340,176 @@ def test_a_bad_environment_setting_is_named(onnx_dir, monkeypatch, capsys):
     monkeypatch.setenv("EMBED_SERVE_DIMENSIONS", "64,all")
     assert main(["serve"]) == 2
     assert "EMBED_SERVE_DIMENSIONS=64,128" in capsys.readouterr().err
+
+
+def test_a_lone_surrogate_fails_only_its_own_request(server, caplog):
+    """`{"input": "\\ud800"}` is valid JSON that no tokenizer can read: it is refused before it joins a batch,
+    while the normal requests sent at the same time all succeed."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    poison = b'{"input": ["fine", "\\ud800"]}'
+
+    def normal(i: int) -> int:
+        return httpx.post(
+            f"{server}/v1/embeddings", json={"input": f"query {i}"}, headers=headers, timeout=60
+        ).status_code
+
+    def bad(_: int) -> httpx.Response:
+        return httpx.post(f"{server}/v1/embeddings", content=poison, headers=headers, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        good = [pool.submit(normal, i) for i in range(48)]
+        bads = [pool.submit(bad, i) for i in range(16)]
+        statuses = [f.result() for f in good]
+        refusals = [f.result() for f in bads]
+    assert statuses == [200] * 48
+    assert {r.status_code for r in refusals} == {400}
+    error = refusals[0].json()["error"]
+    assert error["param"] == "input" and "input[1] is not valid Unicode text" in error["message"]
+
+
+def _raw_request(url: str, head: str, body_chunks=(), read_timeout: float = 10.0) -> tuple[bytes, int]:
+    """Send `head` (request line and headers) and then `body_chunks` over a raw socket until the server answers
+    or closes; returns (the response's first bytes, body bytes the server let us send)."""
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(head.encode())
+        conn.settimeout(0.01)
+        for chunk in body_chunks:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    answer = conn.recv(4096)
+                    return answer, sent
+                conn.sendall(chunk)
+                sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        conn.settimeout(read_timeout)
+        try:
+            return conn.recv(4096), sent
+        except (TimeoutError, ConnectionResetError):
+            return b"", sent
+
+
+def test_a_chunked_oversized_body_is_refused_while_it_streams_in(server):
+    """No Content-Length, 64 MiB in 1 MiB chunks against a 64 KiB limit: the server answers 413 and stops
+    reading after a bounded amount, instead of reading and parsing the whole body."""
+    head = (
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 2**20
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    answer, sent = _raw_request(server, head, [chunk] * 64)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"error"' in answer or b"413" in answer
+    assert sent < 24 * 2**20  # socket buffers, not the body: the server stopped reading
+
+
+def test_authentication_is_checked_before_the_body_is_read(server):
+    """A request without a token gets 401 at once, though its declared body never arrives."""
+    head = "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+    began = time.monotonic()
+    answer, _ = _raw_request(server, head, read_timeout=5)
+    assert answer.startswith(b"HTTP/1.1 401") and time.monotonic() - began < 2, answer[:200]
+    bare = httpx.post(f"{server}/v1/embeddings", json={"input": "hi"}, headers={"Authorization": TOKEN})
+    assert bare.status_code == 401  # the token without "Bearer " is not accepted
+
+
+def test_every_error_is_an_openai_envelope(server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for response in (
+        httpx.get(f"{server}/v2/nothing", headers=headers),
+        httpx.get(f"{server}/v1/embeddings", headers=headers),
+        httpx.post(f"{server}/v1/embeddings", content=b"\xff\xfe", headers=headers),
+    ):
+        assert response.status_code in (400, 404, 405), response.text
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    schema = httpx.get(f"{server}/openapi.json").json()
+    operation = schema["paths"]["/v1/embeddings"]["post"]
+    assert set(operation["responses"]) == {"200", "400", "401", "413", "503"}
+    assert schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
+
+
+def test_a_long_input_is_cut_before_tokenizing_without_changing_its_vector(server):
+    """30,000 characters are read as the model's first 256 tokens, exactly as the checkpoint truncates them."""
+    long_text = "Statins inhibit HMG-CoA reductase in the liver and lower cholesterol. " * 420
+    assert 30_000 > len(long_text) > 16 * 256
+    served = httpx.post(
+        f"{server}/v1/embeddings", json={"input": long_text}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+    ).json()
+    expected = SentenceTransformer(base_model_path(None), device="cpu").encode([long_text], normalize_embeddings=True)
+    assert np.abs(np.array(served["data"][0]["embedding"]) - expected[0]).max() < 1e-4
+    assert served["usage"]["prompt_tokens"] == 256
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_stuck_request_times_out(onnx_dir, monkeypatch):
+    """The model is held busy: a queued request times out (503), one beyond the queue is refused at once (503
+    with Retry-After), and the server serves normally once the model is free again."""
+    from embed_pipeline.core.export import OnnxEncoder
+
+    release = threading.Event()
+    embed = OnnxEncoder.embed
+
+    def held(self, *args, **kwargs):
+        release.wait(30)
+        return embed(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxEncoder, "embed", held)
+    app = create_app(onnx_dir, limits=ServeLimits(max_queued_texts=2, request_timeout_s=1.0))
+    with _serving(app) as url, concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+        def post(texts: list[str]) -> httpx.Response:
+            return httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=30)
+
+        busy = pool.submit(post, ["holds the model"])
+        time.sleep(0.3)
+        queued = pool.submit(post, ["waits", "in the queue"])
+        time.sleep(0.3)
+        refused = post(["one too many"])
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["error"]["code"] == "overloaded"
+        timed_out = queued.result()
+        assert timed_out.status_code == 503 and timed_out.json()["error"]["code"] == "timeout"
+        release.set()
+        assert busy.result().status_code == 503
+        assert post(["served again"]).status_code == 200
+
+
+def test_eval_fails_within_its_timeout_on_a_server_that_never_answers(small_beir, capsys):
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(16)  # connections are accepted by the kernel, never answered
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}"
+        began = time.monotonic()
+        assert main(["eval", "--model", url, "--beir", str(small_beir), "--timeout", "1"]) == 2
+        assert time.monotonic() - began < 20
+    assert "no answer within 1 s, 3 tries (raise it with --timeout)" in capsys.readouterr().err
+
+
+def test_the_server_answers_as_its_openapi_document_says(server):
+    """Requests generated from the server's own OpenAPI document (schemathesis, 25 per operation): never a
+    5xx, only documented status codes, and every response, errors included, matches its documented schema
+    and content type. Both generation modes: valid requests and invalid ones."""
+    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")  # valid and invalid requests alike
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/embeddings", "/v1/models", "/metrics"}
+    cases = [(op, schemathesis.GenerationMode.POSITIVE) for op in operations]
+    cases += [(op, schemathesis.GenerationMode.NEGATIVE) for op in operations if op.path == "/v1/embeddings"]
+    for operation, mode in cases:  # (the other operations take no input to get wrong)
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(mode))
+        def conforms(case):
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                checks=[
+                    not_a_server_error,
+                    status_code_conformance,
+                    response_schema_conformance,
+                    content_type_conformance,
+                ],
+                timeout=60,
+            )
+
+        conforms()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_left, bisect_right
 from itertools import pairwise
 from typing import Any
 
@@ -84,6 +85,7 @@ def chunk_documents(
         title = chunker.fit_title(title)
         pieces = chunker.chunk(title, text)
         sections = headings(text)
+        section_starts = [at for at, _ in sections]
         if len(pieces) > 1:
             pieces = [p for p in pieces if len(p[0]) >= min_chars] or pieces[:1]
         seen: set[str] = set()
@@ -98,7 +100,7 @@ def chunk_documents(
                     "doc_id": doc_id,
                     "chunk_index": len(seen) - 1,
                     "title": title,
-                    "heading": next((h for at, h in reversed(sections) if at <= start), ""),
+                    "heading": sections[i - 1][1] if (i := bisect_right(section_starts, start)) else "",
                     "text": chunk_text,
                     "passage": passage,
                     "content_hash": digest,
@@ -110,11 +112,12 @@ def chunk_documents(
 
 
 def headings(text: str) -> list[tuple[int, str]]:
-    """(offset, text) of each Markdown ATX heading in `text`, outside fenced code blocks, in order."""
+    """(offset, text) of each Markdown ATX heading in `text`, outside fenced code blocks, in order (binary
+    searches keep a long document with many headings and fences linear)."""
     fences = [m.start() for m in _FENCE.finditer(text)]
     found = []
     for match in _HEADING.finditer(text):
-        if sum(f < match.start() for f in fences) % 2 == 0:
+        if bisect_left(fences, match.start()) % 2 == 0:  # an even number of fences before it: outside code
             found.append((match.start(), match.group(2).strip()))
     return found
 

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,12 +22,28 @@ from typing import Literal
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "DocumentError", "LoadedDocuments", "SkippedFile", "list_files", "load_documents"]
+__all__ = [
+    "COLUMNS",
+    "MAX_DOCUMENT_CHARS",
+    "DocumentError",
+    "LoadedDocuments",
+    "SkippedFile",
+    "list_files",
+    "load_documents",
+    "unreadable_reason",
+]
 
 COLUMNS = ["doc_id", "title", "text", "source"]
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".jsonl"}
-_JSONL_HINT = "each line must be a JSON object with string fields '_id' and 'text' (optional 'title')"
+_JSONL_HINT = (
+    "each line must be a JSON object with string fields '_id' and 'text' (optional 'title'; a title-only record "
+    "may leave 'text' empty)"
+)
+MAX_DOCUMENT_CHARS = 5_000_000
+"""Longest document text accepted (about 2,000 pages, chunked in well under a minute): a bigger one, such as a
+50 MB one-line dump, is refused at once rather than chunked for many minutes without a word. The
+`raw_documents.max_document_chars` setting raises it."""
 
 
 class DocumentError(ValueError):
@@ -58,28 +75,46 @@ class _Problem(Exception):
         self.reason = reason
         self.label = label or where
 
-    def to_error(self) -> DocumentError:
-        return DocumentError(f"{self.label}: {self.reason}")
 
-
-def load_documents(path: str | Path, on_error: Literal["raise", "skip"] = "raise") -> LoadedDocuments:
+def load_documents(
+    path: str | Path,
+    on_error: Literal["raise", "skip"] = "raise",
+    max_chars: int = MAX_DOCUMENT_CHARS,
+    shown_as: str | None = None,
+    unreadable: list[SkippedFile] | None = None,
+) -> LoadedDocuments:
     """Load a folder of documents, a single document, or a BEIR ``corpus.jsonl``.
 
     With ``on_error="raise"`` the first unusable file raises :class:`DocumentError`; with
-    ``"skip"`` it is recorded in ``skipped`` and left out. Files with unsupported extensions inside
-    a folder are always skipped. A folder that yields no document at all always raises.
+    ``"skip"`` it is recorded in ``skipped`` and left out. Unusable: unreadable (a broken or looping
+    symbolic link, no permission, vanished), malformed, or a document text longer than ``max_chars``.
+    Files with unsupported extensions inside a folder are always skipped. A folder that yields no
+    document at all always raises. When ``path`` is a pinned copy, ``shown_as`` is the user's path it
+    mirrors, named in errors and ``skipped`` instead, and ``unreadable`` lists the files that could not be
+    copied into it (handled as ``on_error`` says, like any other unusable file).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     root = Path(path)
+    prefix = str(root)
+
+    def shown(where: str) -> str:
+        return shown_as + where[len(prefix) :] if shown_as is not None and where.startswith(prefix) else where
+
     if not root.exists():
-        raise DocumentError(f"{root}: path does not exist; point it at a folder of documents or a file")
+        raise DocumentError(f"{shown(prefix)}: path does not exist; point it at a folder of documents or a file")
 
     records: list[dict[str, str]] = []
     skipped: list[SkippedFile] = []
     seen: dict[str, str] = {}  # doc_id -> source
 
     def add(record: dict[str, str]) -> None:
+        if len(record["text"]) > max_chars:
+            raise _Problem(
+                record["source"],
+                f"document text has {len(record['text']):,} characters, more than the limit of {max_chars:,} "
+                "(setting raw_documents.max_document_chars); split it into smaller documents or raise the limit",
+            )
         first = seen.get(record["doc_id"])
         if first is not None:
             raise _Problem(
@@ -92,25 +127,30 @@ def load_documents(path: str | Path, on_error: Literal["raise", "skip"] = "raise
 
     def handle(problem: _Problem) -> None:
         if on_error == "raise":
-            raise problem.to_error()
-        skipped.append(SkippedFile(problem.where, problem.reason))
+            raise DocumentError(f"{shown(problem.label)}: {problem.reason}")
+        skipped.append(SkippedFile(shown(problem.where), problem.reason))
 
     if root.is_dir():
         files = list_files(root)
-        if not files:
+        if not files and not unreadable:
             raise DocumentError(
-                f"{root}: folder contains no (non-hidden) files; add .txt, .md, .html, .pdf or corpus .jsonl files"
+                f"{shown(prefix)}: folder contains no (non-hidden) files; add .txt, .md, .html, .pdf or corpus "
+                ".jsonl files"
             )
     else:
         suffix = root.suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
-            raise DocumentError(f"{root}: {_unsupported(suffix)}; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+            raise DocumentError(
+                f"{shown(prefix)}: {_unsupported(suffix)}; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+            )
         files = [(root, root.name)]
 
+    for entry in unreadable or []:
+        handle(_Problem(entry.path, entry.reason))
     for file, rel in files:
         suffix = file.suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
-            skipped.append(SkippedFile(str(file), _unsupported(suffix)))
+            skipped.append(SkippedFile(shown(str(file)), _unsupported(suffix)))
             continue
         try:
             if suffix == ".jsonl":
@@ -129,7 +169,7 @@ def load_documents(path: str | Path, on_error: Literal["raise", "skip"] = "raise
 
     if not records:
         why = "; ".join(f"{s.path}: {s.reason}" for s in skipped) or "nothing found"
-        raise DocumentError(f"{root}: no usable documents. Skipped: {why}")
+        raise DocumentError(f"{shown(prefix)}: no usable documents. Skipped: {why}")
     return LoadedDocuments(pd.DataFrame(records, columns=COLUMNS), skipped)
 
 
@@ -149,13 +189,23 @@ def list_files(root: Path) -> list[tuple[Path, str]]:
     return sorted(found, key=lambda item: item[1])
 
 
+def unreadable_reason(file: Path, exc: OSError) -> str:
+    """Why ``file`` could not be read, and what to do: a broken or looping symbolic link, a file removed
+    while it was being read, or no permission."""
+    if exc.errno == errno.ELOOP:
+        return "not readable: a symbolic link loop (the link leads back to itself); fix or remove the link"
+    if file.is_symlink() and not file.exists():
+        return f"not readable: a symbolic link to {os.readlink(file)}, which does not exist; fix or remove the link"
+    if isinstance(exc, FileNotFoundError):
+        return "not readable: the file vanished while it was being read; run again once the folder is settled"
+    return f"file is not readable ({exc.strerror or exc}); check that it exists and its permissions"
+
+
 def _read_bytes(file: Path) -> bytes:
     try:
         data = file.read_bytes()
     except OSError as exc:
-        raise _Problem(
-            str(file), f"file is not readable ({exc.strerror or exc}); check that it exists and its permissions"
-        ) from exc
+        raise _Problem(str(file), unreadable_reason(file, exc)) from exc
     if not data.strip():
         raise _Problem(str(file), "file is empty or whitespace-only; remove it or add content")
     return data
@@ -327,10 +377,10 @@ def _read_jsonl(file: Path) -> list[dict[str, str] | _Problem]:
             )
             continue
         first_line[doc_id] = number
-        title = obj.get("title") or ""
-        out.append(
-            {"doc_id": doc_id, "title": title.strip(), "text": obj["text"].strip(), "source": f"{file}:{number}"}
-        )
+        title, text = (obj.get("title") or "").strip(), obj["text"].strip()
+        if not text:  # BEIR embeds title + text: a title-only record is a document whose text is its title
+            title, text = "", title
+        out.append({"doc_id": doc_id, "title": title, "text": text, "source": f"{file}:{number}"})
     if not out:
         raise _Problem(str(file), "corpus has no records; " + _JSONL_HINT)
     return out
@@ -343,9 +393,11 @@ def _check_fields(obj: dict[str, object]) -> str | None:
         value = obj[field]
         if not isinstance(value, str):
             return f"field {field!r} must be a string, got {type(value).__name__}"
-        if not value.strip():
-            return f"field {field!r} is empty"
+    if not obj["_id"].strip():
+        return "field '_id' is empty"
     title = obj.get("title")
     if title is not None and not isinstance(title, str):
         return f"field 'title' must be a string, got {type(title).__name__}"
+    if not obj["text"].strip() and not (title or "").strip():
+        return "fields 'title' and 'text' are both empty (or 'title' is absent): the record has no text"
     return None

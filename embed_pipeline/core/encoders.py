@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 ENDPOINT_BATCH = 64
+ENDPOINT_TIMEOUT_S = 60.0  # per request to an endpoint; a stalled server fails the run instead of hanging it
+ENDPOINT_RETRIES = 2
 
 
 class PromptedEncoder:
@@ -36,9 +38,12 @@ class PromptedEncoder:
         return self._unit([self.passage_prompt + t for t in texts], batch_size)
 
 
-def endpoint_encode(url: str, api_key_env: str | None = None, model: str | None = None):
+def endpoint_encode(
+    url: str, api_key_env: str | None = None, model: str | None = None, timeout_s: float = ENDPOINT_TIMEOUT_S
+):
     """`encode(texts, batch_size)` against an OpenAI-compatible server (`url` is its base URL, with or
-    without `/v1`); the model defaults to the first one the server lists. Errors name the URL."""
+    without `/v1`); the model defaults to the first one the server lists. Each request gets `timeout_s`
+    seconds and ENDPOINT_RETRIES retries; errors name the URL, and a timeout the setting that raises it."""
     import openai
 
     base_url = url.rstrip("/") if url.rstrip("/").endswith("/v1") else url.rstrip("/") + "/v1"
@@ -47,11 +52,17 @@ def endpoint_encode(url: str, api_key_env: str | None = None, model: str | None 
         api_key = os.environ.get(api_key_env) or ""
         if not api_key:
             raise ValueError(f"--api-key-env names {api_key_env!r}, which is not set")
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=3)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=ENDPOINT_RETRIES, timeout=timeout_s)
+
+    def failure(what: str, exc: Exception) -> ValueError:
+        if isinstance(exc, openai.APITimeoutError):
+            exc = f"no answer within {timeout_s:g} s, {ENDPOINT_RETRIES + 1} tries (raise it with --timeout)"
+        return ValueError(f"{what}: {exc}")
+
     try:
         model = model or client.models.list().data[0].id
     except openai.OpenAIError as exc:
-        raise ValueError(f"cannot list the models of {base_url}: {exc}") from exc
+        raise failure(f"cannot list the models of {base_url}", exc) from exc
 
     def encode(texts: list[str], batch_size: int) -> np.ndarray:
         rows = []
@@ -60,9 +71,7 @@ def endpoint_encode(url: str, api_key_env: str | None = None, model: str | None 
             try:
                 response = client.embeddings.create(model=model, input=batch, encoding_format="float")
             except openai.OpenAIError as exc:
-                raise ValueError(
-                    f"{base_url}/embeddings failed on inputs {start}..{start + len(batch) - 1}: {exc}"
-                ) from exc
+                raise failure(f"{base_url}/embeddings failed on inputs {start}..{start + len(batch) - 1}", exc) from exc
             rows.extend(d.embedding for d in sorted(response.data, key=lambda d: d.index))
         return np.array(rows, dtype=np.float32).reshape(len(texts), -1)
 
@@ -76,17 +85,18 @@ def load_encoder(
     passage_prompt: str | None = None,
     api_key_env: str | None = None,
     truncate_dim: int | None = None,
+    endpoint_timeout_s: float = ENDPOINT_TIMEOUT_S,
 ):
     """The encoder for `model`: an http(s) URL is an OpenAI-compatible endpoint, a folder holding
     `export.json` an ONNX export, anything else a sentence-transformers model id or folder; the last two
     use their own recorded prompts unless prompts are given. `truncate_dim` keeps the first that many
-    dimensions (Matryoshka), re-normalised."""
+    dimensions (Matryoshka), re-normalised; `endpoint_timeout_s` bounds each request to an endpoint."""
     from embed_pipeline.core.device import load_bi_encoder
     from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder
 
     prompts = (query_prompt or "", passage_prompt or "")
     if model.startswith(("http://", "https://")):
-        encode = endpoint_encode(model, api_key_env)
+        encode = endpoint_encode(model, api_key_env, timeout_s=endpoint_timeout_s)
     elif Path(model, EXPORT_INFO).is_file():
         onnx = OnnxEncoder(model)
         prompts = (

@@ -38,6 +38,8 @@ __all__ = [
     "dense_search",
     "drop_identical_ids",
     "fusion_on_validation",
+    "judgment_coverage",
+    "judgments_note",
     "saved_fusion",
     "load_beir_queries",
     "markdown_table",
@@ -325,6 +327,52 @@ def load_beir_queries(beir_dir: str | Path, split: str = "test") -> tuple[dict[s
     if not qrels:
         raise ValueError(f"{qrels_path} has no judgements")
     return {qid: all_queries[qid] for qid in qrels}, qrels
+
+
+def judgment_coverage(beir_dir: str | Path, qrels: Qrels, documents: set[str], split: str = "test") -> dict:
+    """What of a BEIR folder's judgments cannot be scored, so it is reported rather than silently scored as
+    misses: judgments naming a document that is not in ``documents`` (relevant but never retrievable) and
+    queries of ``queries.jsonl`` without any judgment (left out of the scores), each with a few example ids.
+    ValueError naming the qrels file when no relevant judgment names a known document: every system would
+    score 0, so the qrels and the corpus do not belong together."""
+    qrels_path = Path(beir_dir, "qrels", f"{split}.tsv")
+    unknown = {doc for judged in qrels.values() for doc in judged} - documents
+    relevant = [doc for judged in qrels.values() for doc, grade in judged.items() if grade > 0]
+    if not relevant:
+        raise ValueError(f"{qrels_path}: no judgment marks a document relevant (score > 0): nothing can be scored")
+    if not any(doc in documents for doc in relevant):
+        raise ValueError(
+            f"{qrels_path}: none of its {len(relevant)} relevant judgments names a document of the corpus (judged "
+            f"e.g. {', '.join(sorted(set(relevant))[:3])}; corpus ids e.g. {', '.join(sorted(documents)[:3])}): "
+            "check that the qrels and corpus.jsonl belong to the same collection"
+        )
+    unjudged = sorted(set(_read_queries(Path(beir_dir, "queries.jsonl"))) - set(qrels))
+    return {
+        "qrels": str(qrels_path),
+        "judgments": sum(len(judged) for judged in qrels.values()),
+        "unknown_document_judgments": sum(doc in unknown for judged in qrels.values() for doc in judged),
+        "unknown_documents": len(unknown),
+        "unknown_document_examples": sorted(unknown)[:5],
+        "queries_without_judgments": len(unjudged),
+        "unjudged_query_examples": unjudged[:5],
+    }
+
+
+def judgments_note(coverage: dict) -> str:
+    """One line on what `judgment_coverage` found, or "" when every judgment can be scored."""
+    notes = []
+    if coverage["unknown_document_judgments"]:
+        notes.append(
+            f"{coverage['unknown_document_judgments']} of {coverage['judgments']} judgments name "
+            f"{coverage['unknown_documents']} documents that are not in the corpus (e.g. "
+            f"{', '.join(coverage['unknown_document_examples'])}): they count as relevant but are never retrieved"
+        )
+    if coverage["queries_without_judgments"]:
+        notes.append(
+            f"{coverage['queries_without_judgments']} queries of queries.jsonl have no judgment in this file and "
+            f"are not scored (e.g. {', '.join(coverage['unjudged_query_examples'])})"
+        )
+    return f"{coverage['qrels']}: " + "; ".join(notes) if notes else ""
 
 
 def markdown_table(rows: dict[str, dict[str, float]], metrics: list[str]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from embed_pipeline.core.encoders import ENDPOINT_TIMEOUT_S
 from embed_pipeline.core.evaluation import (
     Qrels,
     Results,
@@ -16,6 +17,8 @@ from embed_pipeline.core.evaluation import (
     collapse_to_documents,
     dense_search,
     drop_identical_ids,
+    judgment_coverage,
+    judgments_note,
     load_beir_queries,
     markdown_table,
     per_query_ndcg,
@@ -54,6 +57,7 @@ def evaluate_systems(
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     api_key_env: str | None = None,
+    endpoint_timeout_s: float = ENDPOINT_TIMEOUT_S,
     truncate_dims: dict[str, int] | None = None,
     hybrids: dict[str, tuple[str, float]] | None = None,
     ignore_identical_ids: bool | None = None,
@@ -118,7 +122,15 @@ def evaluate_systems(
 
     score("BM25", lambda queries: bm25_search(ids, passages, queries, top_k=top_k))
     for system, path in models.items():
-        model = load_encoder(path, device, query_prompt, passage_prompt, api_key_env, (truncate_dims or {}).get(system))
+        model = load_encoder(
+            path,
+            device,
+            query_prompt,
+            passage_prompt,
+            api_key_env,
+            (truncate_dims or {}).get(system),
+            endpoint_timeout_s,
+        )
         if system in (document_caches or {}):
             model = CachedDocuments(model, document_caches[system])
         score(
@@ -184,7 +196,8 @@ def evaluate_on_beir(
 ):
     """Score `models` on a BEIR folder the way real queries are scored in the pipeline: its documents
     chunked (`chunk_documents` with `tokenizer` and the `chunking` settings), each document ranked by its
-    best chunk, BM25 and the hybrid beside. `options` go to `evaluate_systems`. Errors name the folder."""
+    best chunk, BM25 and the hybrid beside. `options` go to `evaluate_systems`. Errors name the folder; what of
+    the judgments cannot be scored is under the query set's "judgments" (`judgment_coverage`)."""
     from embed_pipeline.core.chunking import chunk_documents
     from embed_pipeline.core.documents import load_documents
 
@@ -192,8 +205,11 @@ def evaluate_on_beir(
     if not corpus.is_file():
         raise ValueError(f"BEIR folder {beir_dir} has no corpus.jsonl")
     queries, qrels = load_beir_queries(beir_dir, split)
-    chunks = chunk_documents(load_documents(corpus).documents, tokenizer, **chunking)
+    documents = load_documents(corpus).documents
+    coverage = judgment_coverage(beir_dir, qrels, set(documents["doc_id"]), split)
+    chunks = chunk_documents(documents, tokenizer, **chunking)
     report = evaluate_systems(chunks, {REAL: (queries, qrels, True)}, models, **options)
+    report["query_sets"][REAL]["judgments"] = coverage
     report["beir"], report["split"] = str(Path(beir_dir).resolve()), split
     return report
 
@@ -278,6 +294,8 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
                 )
         if entry.get("excluded_seed_queries"):
             parts.append(seeds_note(entry["excluded_seed_queries"]))
+        if entry.get("judgments") and (note := judgments_note(entry["judgments"])):
+            parts.append(f"Judgments: {note}.")
         for system, c in entry.get("vs_base", {}).items():
             ci = f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "no CI (identical)"
             p = f"Wilcoxon p = {c['wilcoxon_p']:.3g}" if c["wilcoxon_p"] is not None else "no p-value"

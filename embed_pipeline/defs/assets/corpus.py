@@ -8,6 +8,7 @@ import pandas as pd
 from embed_pipeline.config import ChunkingConfig, DocumentsConfig
 from embed_pipeline.core.chunking import chunk_documents
 from embed_pipeline.core.documents import load_documents
+from embed_pipeline.core.versions import snapshot_origin, unreadable_files
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
@@ -17,10 +18,16 @@ def raw_documents(
     context: dg.AssetExecutionContext, config: DocumentsConfig, pipeline: PipelineResource
 ) -> pd.DataFrame:
     """Documents of this corpus version (txt, md, html, pdf files or a BEIR corpus.jsonl), read from its pinned
-    copy of the docs path."""
+    copy of the docs path; a bad file is named by its path in the docs path."""
     started = time.perf_counter()
     pinned = pipeline.version_documents(context.partition_key)
-    loaded = load_documents(pinned, on_error=config.on_error)
+    loaded = load_documents(
+        pinned,
+        on_error=config.on_error,
+        max_chars=config.max_document_chars,
+        shown_as=snapshot_origin(pipeline.docs_path),
+        unreadable=unreadable_files(pinned),
+    )
     for skipped in loaded.skipped:
         context.log.warning(f"Skipped {skipped.path}: {skipped.reason}")
     docs = loaded.documents

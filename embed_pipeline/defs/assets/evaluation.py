@@ -8,7 +8,7 @@ import pandas as pd
 from transformers import AutoTokenizer
 
 from embed_pipeline.config import ChunkingConfig, EvaluationConfig
-from embed_pipeline.core.evaluation import METRIC_NAMES, load_beir_queries
+from embed_pipeline.core.evaluation import METRIC_NAMES, judgment_coverage, judgments_note, load_beir_queries
 from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.model_card import append_section
 from embed_pipeline.core.plots import metric_bars_markdown, realism_histograms_markdown
@@ -79,18 +79,14 @@ def beir_report(
     excluded: list[str] = []
     if pipeline.eval_beir_dir:
         real_queries, real_qrels = load_beir_queries(pipeline.eval_beir_dir)
+        judgments = judgment_coverage(pipeline.eval_beir_dir, real_qrels, set(chunked_corpus["doc_id"]))
+        if note := judgments_note(judgments):
+            context.log.warning(note)
         # Seed queries shaped the training queries: scoring them would flatter the model.
         real_queries, excluded = without_seeds(real_queries, seeds)
         real_qrels = {q: rel for q, rel in real_qrels.items() if q in real_queries}
         if excluded:
             context.log.info(f"{len(excluded)} real queries are also seed queries (query_examples): not scored")
-        known = set(chunked_corpus["doc_id"])
-        unknown = sorted({d for rel in real_qrels.values() for d in rel} - known)
-        if unknown:
-            context.log.warning(
-                f"{len(unknown)} judged documents are not in the corpus (e.g. {unknown[:3]}); "
-                "they count as relevant but unretrievable."
-            )
         query_sets[REAL] = (real_queries, real_qrels, True)
     # Each trained Matryoshka size below the full one gets its own row.
     matryoshka = [d for d in finetuned_model.get("matryoshka_dims") or [] if d < finetuned_model["dimension"]]
@@ -121,6 +117,8 @@ def beir_report(
     )
     if excluded:
         report["query_sets"][REAL]["excluded_seed_queries"] = excluded
+    if pipeline.eval_beir_dir:
+        report["query_sets"][REAL]["judgments"] = judgments
     real = (real_queries, real_qrels) if pipeline.eval_beir_dir else (None, None)
     report["query_realism"] = query_realism(qa_splits, chunked_corpus, *real, seed_queries=[s.text for s in seeds])
     verdict = gate(report, config.gate_metric, config.gate_tolerance, config.gate_query_set)
