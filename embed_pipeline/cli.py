@@ -197,11 +197,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
             f"ONNX int8 model: {int8['onnx_file']}  (min cosine to PyTorch {int8['min_cosine']:.4f}, "
             f"nDCG@10 {-int8['ndcg@10_drop_vs_fp32']:+.4f} vs fp32 on the test questions)"
         )
-        from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason
+        from embed_pipeline.definitions import TENSORRT_LEFT_OUT
 
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            print(f"TensorRT engine: not built: {reason}")
+        if TENSORRT_LEFT_OUT:
+            print(f"TensorRT engine: not built: {TENSORRT_LEFT_OUT}")
         else:
             engine = result.output_for_node("tensorrt_engine")
             print(f"TensorRT engine: {engine['path']}  (min cosine to PyTorch {engine['min_cosine']:.4f})")

@@ -8,10 +8,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must no
 
 import dagster as dg  # noqa: E402
 
+from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason  # noqa: E402
 from embed_pipeline.defs.assets import corpus, evaluation, export, model, questions  # noqa: E402
+from embed_pipeline.defs.assets.export import tensorrt_engine  # noqa: E402
 from embed_pipeline.defs.automation import (  # noqa: E402
     documents_sensor,
     retrain_latest_version,
+    run_tags,
     train_corpus_version,
 )
 from embed_pipeline.defs.io_manager import ArtifactIOManager  # noqa: E402
@@ -23,8 +26,36 @@ from embed_pipeline.defs.resources import (  # noqa: E402
 )
 
 _MODULES = [corpus, questions, model, evaluation, export]
-# Assets and their stand-alone checks (most checks are specs on their asset); both go to dg.materialize.
-ALL_ASSETS = [*dg.load_assets_from_modules(_MODULES), *dg.load_asset_checks_from_modules(_MODULES)]
+TENSORRT_ENV = "EMBED_PIPELINE_TENSORRT"  # auto (default): when this host can build engines; on; off
+
+
+def tensorrt_left_out() -> str | None:
+    """Why `tensorrt_engine` is left out of the definitions, or None when it belongs in them. Left out on a
+    host that cannot build engines (no CUDA or no TensorRT), where it could never materialize and every corpus
+    version would show it missing; EMBED_PIPELINE_TENSORRT=on keeps it (a code server without a GPU whose
+    runs go to GPU hosts), =off leaves it out anywhere."""
+    setting = os.environ.get(TENSORRT_ENV, "auto").lower()
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"{TENSORRT_ENV}={setting!r}: use auto, on or off")
+    if setting == "off":
+        return f"{TENSORRT_ENV}=off"
+    return None if setting == "on" else tensorrt_unavailable_reason()
+
+
+TENSORRT_LEFT_OUT = tensorrt_left_out()
+
+
+def _kept(definition) -> bool:
+    return TENSORRT_LEFT_OUT is None or tensorrt_engine.key not in {
+        *getattr(definition, "keys", ()),
+        *(check.asset_key for check in getattr(definition, "check_keys", ())),
+    }
+
+
+# Assets and their stand-alone checks (most checks are specs on their asset): the one job runs them all.
+ALL_ASSETS = [
+    d for d in (*dg.load_assets_from_modules(_MODULES), *dg.load_asset_checks_from_modules(_MODULES)) if _kept(d)
+]
 
 
 def build_resources(pipeline: PipelineResource, device: str = "auto") -> dict:
@@ -32,6 +63,16 @@ def build_resources(pipeline: PipelineResource, device: str = "auto") -> dict:
         "pipeline": pipeline,
         "compute": TorchDeviceResource(device=device),
         "io_manager": ArtifactIOManager(base_dir=pipeline.artifacts_dir, workdir=pipeline.workdir),
+    }
+
+
+def resources_run_config(pipeline: PipelineResource, device: str = "auto") -> dict:
+    """`build_resources` as run config: a run carries its resources' settings, so re-executing it (from the
+    UI) reads the same documents and writes the same artifacts, whatever the code location's defaults."""
+    return {
+        "pipeline": {"config": pipeline.model_dump()},
+        "compute": {"config": {"device": device}},
+        "io_manager": {"config": {"base_dir": pipeline.artifacts_dir, "workdir": pipeline.workdir}},
     }
 
 
@@ -43,18 +84,22 @@ def materialize_version(
     selection: list[str] | None = None,
     run_config: dict | None = None,
     raise_on_error: bool = True,
+    trigger: str = "cli",
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the assets (or `selection`) of corpus `version` in this process, adding the version to the
-    instance first: what `embed-pipeline run` does, and what tests do."""
+    """Run the `train_corpus_version` job (or its `selection` of assets) for corpus `version` in this process,
+    adding the version to the instance first, tagged with `trigger`, the user and the code's commit: what
+    `embed-pipeline run` does, and what tests do. The run belongs to the job, so the UI lists it there and
+    can re-execute it."""
     if not instance.has_dynamic_partition(corpus_versions.name, version):
         instance.add_dynamic_partitions(corpus_versions.name, [version])
-    return dg.materialize(
-        ALL_ASSETS,
-        selection=selection,
-        resources=build_resources(pipeline, device=device),
+    run_config = dict(run_config or {})
+    run_config["resources"] = {**resources_run_config(pipeline, device), **run_config.get("resources", {})}
+    return defs.resolve_job_def(train_corpus_version.name).execute_in_process(
         run_config=run_config,
         instance=instance,
         partition_key=version,
+        asset_selection=[dg.AssetKey(key) for key in selection] if selection else None,
+        tags=run_tags(trigger),
         raise_on_error=raise_on_error,
     )
 

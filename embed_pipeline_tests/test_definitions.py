@@ -3,9 +3,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
-from embed_pipeline.definitions import defs
+from embed_pipeline.definitions import TENSORRT_ENV, TENSORRT_LEFT_OUT, defs, tensorrt_left_out
 from embed_pipeline.defs.partitions import corpus_versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,7 +17,7 @@ GPU_STEPS = {
     "beir_report",
     "onnx_model",
     "onnx_int8_model",
-    "tensorrt_engine",
+    *(() if TENSORRT_LEFT_OUT else ("tensorrt_engine",)),  # only where an engine can be built
 }
 
 
@@ -58,7 +59,7 @@ def test_lineage_and_gpu_pool():
         "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model"},
         "onnx_model": {"finetuned_model", "chunked_corpus", "beir_report"},  # behind the blocking gates
         "onnx_int8_model": {"finetuned_model", "onnx_model", "chunked_corpus", "qa_splits"},
-        "tensorrt_engine": {"finetuned_model", "chunked_corpus", "beir_report"},
+        **({} if TENSORRT_LEFT_OUT else {"tensorrt_engine": {"finetuned_model", "chunked_corpus", "beir_report"}}),
     }
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     assert {k for k, p in pools.items() if p == {"gpu"}} == GPU_STEPS
@@ -85,3 +86,21 @@ def test_every_asset_is_partitioned_by_corpus_version_and_the_automation_targets
     assert sensor.job_name == schedule.job_name == "train_corpus_version"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # watching the documents from the start
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED and schedule.cron_schedule == "0 3 * * 0"
+
+
+def test_tensorrt_engine_is_left_out_where_no_engine_can_be_built_unless_asked(monkeypatch):
+    """On a CPU host the asset could never materialize (every version would show it missing), so it is not in
+    the code location; `on` keeps it for a code server without a GPU whose runs go to GPU hosts."""
+    from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason
+
+    graph_keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert ("tensorrt_engine" in graph_keys) == (tensorrt_unavailable_reason() is None)
+    monkeypatch.setenv(TENSORRT_ENV, "on")
+    assert tensorrt_left_out() is None
+    monkeypatch.setenv(TENSORRT_ENV, "off")
+    assert tensorrt_left_out() == f"{TENSORRT_ENV}=off"
+    monkeypatch.setenv(TENSORRT_ENV, "auto")
+    assert tensorrt_left_out() == tensorrt_unavailable_reason()
+    monkeypatch.setenv(TENSORRT_ENV, "maybe")
+    with pytest.raises(ValueError, match="use auto, on or off"):
+        tensorrt_left_out()

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -12,11 +13,12 @@ from sentence_transformers import SentenceTransformer
 from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
 from embed_pipeline.core.sdg import check_query
-from embed_pipeline.core.tensorrt import tensorrt_unavailable_reason
-from embed_pipeline.definitions import materialize_version
+from embed_pipeline.definitions import TENSORRT_LEFT_OUT, defs, materialize_version
 from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
+from embed_pipeline.defs.automation import COMMIT_TAG, TRIGGER_TAG, USER_TAG
 from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
 
+REPO = Path(__file__).resolve().parents[1]
 N_QUERIES, N_DOCS = 3, 10
 VERSION = "tiny-1"
 INT8_RETRIEVAL = "int8_retrieval_matches_fp32"
@@ -55,7 +57,15 @@ def tiny_beir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def materialized(tiny_beir, tmp_path_factory):
+def instance():
+    # Runs launched through GraphQL start at once (no queue, so no daemon needed), as in `dagster dev` without one.
+    coordinator = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+    with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def materialized(tiny_beir, tmp_path_factory, instance):
     artifacts = tmp_path_factory.mktemp("artifacts")
     # Seed queries: two of the users' own and one that is also a real test query (so it is not scored).
     seeds = artifacts / "seed_queries.txt"
@@ -77,9 +87,8 @@ def materialized(tiny_beir, tmp_path_factory):
             "finetuned_model": {"config": {"epochs": 1, "num_negatives": 2, "loss": "mnrl+margin_mse"}},
         }
     }
-    with dg.instance_for_test() as instance:
-        result = materialize_version(VERSION, pipeline, instance, device="cpu", run_config=run_config)
-        yield result, artifacts / "versions" / VERSION
+    result = materialize_version(VERSION, pipeline, instance, device="cpu", run_config=run_config)
+    return result, artifacts / "versions" / VERSION
 
 
 def test_every_asset_materializes_with_metadata(materialized):
@@ -111,18 +120,76 @@ def test_every_asset_materializes_with_metadata(materialized):
     assert "label" in rows.columns and len(rows["label"].iloc[0]) == 2  # one teacher margin per negative
 
 
-@pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="TensorRT can run here: the engine is built")
-def test_tensorrt_engine_is_not_built_without_cuda_and_says_why(materialized):
+def test_a_run_is_a_tagged_run_of_the_job_and_leaves_no_partition_missing(materialized):
+    """What `embed-pipeline run` starts is a run of `train_corpus_version` (listed on the job's pages, not
+    under an ad-hoc job), tagged with its trigger, user and commit; every asset of the code location got the
+    version's partition, so none shows missing (TensorRT is not part of the graph where it cannot build)."""
     result, artifacts = materialized
-    assert result.success  # the step succeeds: a CPU host is not an error
-    observed = [e.asset_observation_data.asset_observation for e in result.get_asset_observation_events()]
-    engine = [o for o in observed if o.asset_key == dg.AssetKey("tensorrt_engine")]
-    assert len(engine) == 1
-    assert engine[0].metadata["built"].value is False
-    assert engine[0].metadata["reason"].value == tensorrt_unavailable_reason()
-    assert not list((artifacts / "models").glob("tensorrt-*"))
+    run = result.dagster_run
+    assert run.job_name == "train_corpus_version"
+    assert run.tags[TRIGGER_TAG] == "cli" and run.tags[USER_TAG] and run.tags[COMMIT_TAG] != ""
+    assert run.tags["dagster/partition"] == VERSION
+    graph_keys = set(defs.resolve_asset_graph().get_all_asset_keys())
+    assert {e.asset_key for e in result.get_asset_materialization_events()} == graph_keys
+    if TENSORRT_LEFT_OUT:
+        assert dg.AssetKey("tensorrt_engine") not in graph_keys
+        assert not list((artifacts / "models").glob("tensorrt-*"))
     for name in ("raw_documents", "chunked_corpus", "synthetic_qa", "qa_splits", "hard_negatives", "training_set"):
         assert (artifacts / f"{name}.parquet").stat().st_mode & 0o777 == 0o644  # readable by the UI and others
+
+
+REEXECUTE = """
+mutation Reexecute($executionParams: ExecutionParams!) {
+  launchPipelineReexecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+
+def test_a_cli_run_is_re_executed_through_the_graphql_api(materialized, instance):
+    """As the UI does it: re-execute a step of the run with its own config (resources included), through the
+    code location of workspace.yaml; the new run reads the same documents and writes the same artifacts."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    result, artifacts = materialized
+    parent = result.dagster_run
+    before = (artifacts / "raw_documents.parquet").stat().st_mtime_ns
+    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+        launched = execute_dagster_graphql(
+            context,
+            REEXECUTE,
+            {
+                "executionParams": {
+                    "selector": {
+                        "repositoryLocationName": "embed_pipeline",
+                        "repositoryName": "__repository__",
+                        "pipelineName": "train_corpus_version",
+                        "assetSelection": [{"path": ["raw_documents"]}],
+                    },
+                    "runConfigData": parent.run_config,
+                    "stepKeys": ["raw_documents"],
+                    "mode": "default",
+                    "executionMetadata": {
+                        "parentRunId": parent.run_id,
+                        "rootRunId": parent.run_id,
+                        "tags": [{"key": k, "value": v} for k, v in parent.tags.items()],
+                    },
+                }
+            },
+        ).data["launchPipelineReexecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        deadline = time.monotonic() + 240
+        while not instance.get_run_by_id(run_id).is_finished and time.monotonic() < deadline:
+            time.sleep(1)
+    child = instance.get_run_by_id(run_id)
+    assert child.status == dg.DagsterRunStatus.SUCCESS and child.job_name == "train_corpus_version"
+    assert child.parent_run_id == parent.run_id and child.tags["dagster/partition"] == VERSION
+    assert (artifacts / "raw_documents.parquet").stat().st_mtime_ns > before  # the run's own artifacts folder
 
 
 def test_odd_ids_survive_and_questions_come_from_the_real_llm(materialized):
@@ -189,6 +256,7 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     checks = result.get_asset_check_evaluations()
     passed = {c.check_name: c.passed for c in checks}
     assert set(passed) == {GATE_CHECK, REGRESSION_CHECK, "matches_pytorch", "int8_close_to_pytorch", INT8_RETRIEVAL}
+    assert {c.partition for c in checks} == {VERSION}  # every verdict is tied to its corpus version
     assert passed[GATE_CHECK] and passed[REGRESSION_CHECK] and passed["matches_pytorch"]
     # With a handful of test questions one swapped rank moves nDCG by more than the tolerance: only its
     # bookkeeping is asserted here (the check's arithmetic is the asset's one line).

@@ -3,8 +3,12 @@ one job both launch (every asset of one corpus version; the UI and `dagster job 
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import dagster as dg
 
@@ -17,7 +21,39 @@ from embed_pipeline.defs.resources import PipelineResource, env_seconds
 
 RETRAIN_CRON = os.environ.get("EMBED_PIPELINE_RETRAIN_CRON", "0 3 * * 0")  # Sundays 03:00
 RUN_CONFIG_ENV = "EMBED_PIPELINE_RUN_CONFIG"  # YAML {asset: {field: value}} for automated runs
-TRIGGER_TAG = "embed_pipeline/trigger"
+TRIGGER_TAG = "embed_pipeline/trigger"  # cli, sensor or schedule (a backfill's runs carry dagster/backfill)
+USER_TAG = "embed_pipeline/user"
+COMMIT_TAG = "embed_pipeline/commit"
+
+
+@functools.cache
+def code_commit() -> str:
+    """The git commit of the running code (+ "-dirty" with uncommitted changes), or "unknown" outside a
+    checkout (an installed wheel)."""
+    here = Path(__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def run_tags(trigger: str) -> dict[str, str]:
+    """Tags of every run the project launches: what started it, who, and on which code."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        user = str(os.getuid())
+    return {TRIGGER_TAG: trigger, USER_TAG: user, COMMIT_TAG: code_commit()}
+
 
 train_corpus_version = dg.define_asset_job(
     "train_corpus_version",
@@ -63,7 +99,7 @@ def documents_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineReso
     except ValueError as exc:
         return dg.SkipReason(f"{RUN_CONFIG_ENV}: {exc}")
     context.log.info(f"new corpus version {version} from {pipeline.docs_path}")
-    request = dg.RunRequest(partition_key=version, run_key=version, run_config=run_config, tags={TRIGGER_TAG: "sensor"})
+    request = dg.RunRequest(partition_key=version, run_key=version, run_config=run_config, tags=run_tags("sensor"))
     return dg.SensorResult(
         run_requests=[request],
         dynamic_partitions_requests=[corpus_versions.build_add_request([version])],
@@ -85,4 +121,4 @@ def retrain_latest_version(context: dg.ScheduleEvaluationContext):
         run_config = automated_run_config()
     except ValueError as exc:
         return dg.SkipReason(f"{RUN_CONFIG_ENV}: {exc}")
-    return dg.RunRequest(partition_key=versions[-1], run_config=run_config, tags={TRIGGER_TAG: "schedule"})
+    return dg.RunRequest(partition_key=versions[-1], run_config=run_config, tags=run_tags("schedule"))

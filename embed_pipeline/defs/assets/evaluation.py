@@ -43,12 +43,14 @@ REGRESSION_CHECK = "no_out_of_domain_regression"
         dg.AssetCheckSpec(
             GATE_CHECK,
             asset="beir_report",
+            partitions_def=corpus_versions,  # each verdict belongs to its corpus version
             blocking=True,
             description="Fine-tuned >= base - tolerance on the gate metric; when it fails, no export is built.",
         ),
         dg.AssetCheckSpec(
             REGRESSION_CHECK,
             asset="beir_report",
+            partitions_def=corpus_versions,  # each verdict belongs to its corpus version
             blocking=True,
             description="On an out-of-domain collection, fine-tuned >= base - regression_tolerance; else no export.",
         ),

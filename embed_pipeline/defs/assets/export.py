@@ -34,7 +34,10 @@ def _samples(chunked_corpus: pd.DataFrame) -> list[str]:
     deps=["beir_report"],  # built only after the report's blocking gate passed
     check_specs=[
         dg.AssetCheckSpec(
-            PARITY_CHECK, asset="onnx_model", description="ONNX embeddings' cosine to PyTorch's >= min_cosine."
+            PARITY_CHECK,
+            asset="onnx_model",
+            partitions_def=corpus_versions,  # each verdict belongs to its corpus version
+            description="ONNX embeddings' cosine to PyTorch's >= min_cosine.",
         )
     ],
 )
@@ -78,11 +81,13 @@ def onnx_model(
         dg.AssetCheckSpec(
             INT8_PARITY_CHECK,
             asset="onnx_int8_model",
+            partitions_def=corpus_versions,
             description="int8 embeddings' cosine to PyTorch's >= min_cosine.",
         ),
         dg.AssetCheckSpec(
             INT8_RETRIEVAL_CHECK,
             asset="onnx_int8_model",
+            partitions_def=corpus_versions,
             description="int8 nDCG@10 on the held-out questions within max_ndcg_drop of the fp32 export's.",
         ),
     ],
