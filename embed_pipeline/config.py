@@ -114,6 +114,18 @@ class SyntheticQAConfig(dg.Config):
     judge_api_base: str | None = Field(default=None, description="Base URL of the judge's server.")
     judge_api_key_env: str | None = Field(default=None, description="Environment variable of the judge's key.")
     judge_min_score: float = Field(default=7.0, description="Keep questions the judge scores overall >= this.")
+    min_questions: int = Field(
+        default=10, ge=1, description="Fewest questions kept for training to go on (blocking data check)."
+    )
+    min_parse_rate: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="Lowest share of the LLM's answers that parse into a query of the asked form (blocking check).",
+    )
+    max_llm_failure_rate: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Highest share of LLM calls that may fail (blocking data check)."
+    )
 
     @field_validator("query_forms")
     @classmethod

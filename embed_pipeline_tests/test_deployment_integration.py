@@ -33,7 +33,7 @@ RUN_TIMEOUT_S = 900
 # A small but whole run: every asset, gates loosened (a one-epoch fine-tune on a few questions proves the
 # plumbing, not the model).
 TINY_RUN = {
-    "synthetic_qa": {"max_chunks": 8, "questions_per_chunk": 2, "temperature": 0.7},
+    "synthetic_qa": {"max_chunks": 8, "questions_per_chunk": 2, "temperature": 0.7, "min_questions": 2},
     "qa_splits": {"test_fraction": 0.3},
     "hard_negatives": {"num_mined": 3},
     "finetuned_model": {"epochs": 1, "num_negatives": 2},

@@ -44,6 +44,7 @@ def test_two_corpus_versions_share_cached_questions_for_their_shared_chunks(tmp_
             "model": "openai/stub",
             "api_base": server.url,
             "query_forms": {"question": 1},
+            "min_questions": 1,  # a few chunks: a handful of questions is the point here
             "roundtrip": "none",
             "dedup_threshold": None,
         }
@@ -95,6 +96,7 @@ def test_api_key_never_reaches_logs_metadata_or_artifacts(tmp_path, monkeypatch)
             "model": "openai/stub",
             "api_base": server.url,
             "query_forms": {"question": 1},
+            "min_questions": 1,  # a few chunks: a handful of questions is the point here
             "api_key_env": "EMBED_TEST_LLM_KEY",
             "roundtrip": "none",
         }

@@ -91,6 +91,7 @@ def test_judge_in_the_synthetic_qa_asset_reports_what_it_removed(tmp_path):
         qa = {
             "model": "openai/gen",
             "query_forms": {"question": 1},
+            "min_questions": 1,  # two chunks: a few questions is the point here
             "api_base": server.url,
             "judge_model": "openai/judge",
             "judge_api_base": server.url,

@@ -209,6 +209,7 @@ def test_every_asset_on_an_object_store_with_steps_on_different_machines(s3, tmp
             **small,
             "synthetic_qa": {
                 "config": {**llm_config, "model": "openai/stub", "api_base": server.url, "query_forms": {"question": 1}}
+                | {"min_questions": 1}
             },
         }
 

@@ -16,6 +16,7 @@ from embed_pipeline.core.sdg import check_query
 from embed_pipeline.definitions import TENSORRT_LEFT_OUT, defs, materialize_version
 from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
 from embed_pipeline.defs.automation import COMMIT_TAG, TRIGGER_TAG, USER_TAG
+from embed_pipeline.defs.checks import CHUNKS_CHECK, QUESTIONS_CHECK, ROWS_CHECK, SPLITS_CHECK
 from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,7 +256,18 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     assert "## Evaluation (embed_pipeline beir_report)" in card and "| fine-tuned |" in card
     checks = result.get_asset_check_evaluations()
     passed = {c.check_name: c.passed for c in checks}
-    assert set(passed) == {GATE_CHECK, REGRESSION_CHECK, "matches_pytorch", "int8_close_to_pytorch", INT8_RETRIEVAL}
+    assert set(passed) == {
+        GATE_CHECK,
+        REGRESSION_CHECK,
+        "matches_pytorch",
+        "int8_close_to_pytorch",
+        INT8_RETRIEVAL,
+        CHUNKS_CHECK,
+        QUESTIONS_CHECK,
+        SPLITS_CHECK,
+        ROWS_CHECK,
+    }
+    assert all(passed[name] for name in (CHUNKS_CHECK, QUESTIONS_CHECK, SPLITS_CHECK, ROWS_CHECK))
     assert {c.partition for c in checks} == {VERSION}  # every verdict is tied to its corpus version
     assert passed[GATE_CHECK] and passed[REGRESSION_CHECK] and passed["matches_pytorch"]
     # With a handful of test questions one swapped rank moves nDCG by more than the tolerance: only its

@@ -167,6 +167,23 @@ def realism_section(sets: dict[str, tuple[list[str], list[str | None]]], referen
     }
 
 
+def realism_figures(section: dict) -> dict[str, float]:
+    """The generated queries' headline realism numbers from a `query_realism` section: median words, median
+    overlap with their passage, and the KL divergences from the real queries when there are any."""
+    generated = section["profiles"].get("generated")
+    if not generated:
+        return {}
+    figures = {
+        "realism_words_median": generated["length"]["median"],
+        "realism_overlap_median": generated["overlap"]["median"],
+    }
+    distance = section["distances"].get("generated") or {}
+    for measure in ("length", "overlap"):
+        if distance.get(measure):
+            figures[f"realism_kl_{measure}_vs_real"] = distance[measure]["kl_real_vs_generated"]
+    return {name: value for name, value in figures.items() if value is not None}
+
+
 def realism_markdown(section: dict) -> str:
     """The realism section as a Markdown table: one row per query set."""
     reference = section.get("reference")

@@ -7,8 +7,10 @@ import pandas as pd
 
 from embed_pipeline.config import ChunkingConfig, DocumentsConfig
 from embed_pipeline.core.chunking import chunk_documents
+from embed_pipeline.core.data_checks import check_chunks
 from embed_pipeline.core.documents import load_documents
 from embed_pipeline.core.versions import snapshot_origin, unreadable_files
+from embed_pipeline.defs.checks import CHUNKS_CHECK, check_result, data_check
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
@@ -45,10 +47,17 @@ def raw_documents(
     return docs
 
 
-@dg.asset(partitions_def=corpus_versions, group_name="corpus", kinds={"pandas"})
+@dg.asset(
+    partitions_def=corpus_versions,
+    group_name="corpus",
+    kinds={"pandas"},
+    check_specs=[
+        data_check(CHUNKS_CHECK, "chunked_corpus", "No empty chunk, no id twice, no text twice in a document.")
+    ],
+)
 def chunked_corpus(
     context: dg.AssetExecutionContext, config: ChunkingConfig, pipeline: PipelineResource, raw_documents: pd.DataFrame
-) -> pd.DataFrame:
+):
     """Token-aware chunks of whole sentences with stable content-hash ids."""
     from transformers import AutoTokenizer
 
@@ -61,14 +70,15 @@ def chunked_corpus(
         overlap_sentences=config.overlap_sentences,
         min_chars=config.min_chars,
     )
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        chunks,
+        metadata={
             "chunks": len(chunks),
             "documents": int(chunks["doc_id"].nunique()),
             "tokens_mean": round(float(chunks["n_tokens"].mean()), 1),
             "tokens_max": int(chunks["n_tokens"].max()),
             "seconds": round(time.perf_counter() - started, 2),
             "preview": dg.MetadataValue.md(chunks[["chunk_id", "passage"]].head(5).to_markdown(index=False)),
-        }
+        },
     )
-    return chunks
+    yield check_result(CHUNKS_CHECK, check_chunks(chunks))

@@ -9,6 +9,7 @@ import pandas as pd
 
 from embed_pipeline.config import MiningConfig, TeacherConfig, TrainingConfig
 from embed_pipeline.core.cross_encoder import cross_encoder_teacher_scores, train_cross_encoder
+from embed_pipeline.core.data_checks import check_training_rows
 from embed_pipeline.core.document_pairs import with_document_pairs
 from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import fusion_on_validation
@@ -22,6 +23,7 @@ from embed_pipeline.core.training import (
     validation_questions,
     validation_set,
 )
+from embed_pipeline.defs.checks import ROWS_CHECK, check_result, data_check
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
@@ -144,25 +146,31 @@ def _margin_metadata(mined: pd.DataFrame) -> dict:
     }
 
 
-@dg.asset(partitions_def=corpus_versions, group_name="training", kinds={"pandas"})
+@dg.asset(
+    partitions_def=corpus_versions,
+    group_name="training",
+    kinds={"pandas"},
+    check_specs=[data_check(ROWS_CHECK, "training_set", "Rows to train on, each with its distinct negatives.")],
+)
 def training_set(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     teacher_scores: pd.DataFrame,
     chunked_corpus: pd.DataFrame,
-) -> pd.DataFrame:
+):
     """Unrolled rows: one per (question, positive), with the question's hard negatives (and the teacher's
     margins when it scored them)."""
     rows = unroll_training_rows(teacher_scores, chunked_corpus, num_negatives=config.num_negatives)
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        rows,
+        metadata={
             "rows": len(rows),
             "rows_by_source": dg.MetadataValue.json(rows["source"].value_counts().to_dict()),
             "questions": int(rows["question_id"].nunique()),
             "left_out_short_of_negatives": rows_short_of_negatives(teacher_scores, config.num_negatives),
-        }
+        },
     )
-    return rows
+    yield check_result(ROWS_CHECK, check_training_rows(rows, config.num_negatives))
 
 
 FINETUNE_TABLES = ("loss_curve", "validation_curve", "path", "fusion", "grid")

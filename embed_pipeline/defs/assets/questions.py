@@ -1,28 +1,44 @@
 """Synthetic questions from the LLM, then the split by document."""
 
+from dataclasses import replace
+
 import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import SplitConfig, SyntheticQAConfig
+from embed_pipeline.core.data_checks import check_questions, check_splits
 from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import load_beir_queries
 from embed_pipeline.core.judge import judge_questions
 from embed_pipeline.core.plots import realism_histograms_markdown
 from embed_pipeline.core.question_filters import filter_questions
-from embed_pipeline.core.realism import query_realism, realism_markdown
+from embed_pipeline.core.realism import query_realism, realism_figures, realism_markdown
 from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
+from embed_pipeline.defs.checks import QUESTIONS_CHECK, SPLITS_CHECK, check_result, data_check
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
 
-@dg.asset(partitions_def=corpus_versions, group_name="questions", kinds={"pandas"})
+@dg.asset(
+    partitions_def=corpus_versions,
+    group_name="questions",
+    kinds={"pandas"},
+    check_specs=[
+        data_check(
+            QUESTIONS_CHECK,
+            "synthetic_qa",
+            "At least min_questions kept, min_parse_rate of the LLM's answers usable, at most max_llm_failure_rate "
+            "of its calls failed.",
+        )
+    ],
+)
 def synthetic_qa(
     context: dg.AssetExecutionContext,
     config: SyntheticQAConfig,
     pipeline: PipelineResource,
     chunked_corpus: pd.DataFrame,
-) -> pd.DataFrame:
+):
     """Queries an LLM wrote about each chunk (forms by the mix or the user's seed queries), parsed and
     filtered; every response cached as it arrives. Metadata: counts per form, and the length, overlap and
     form distributions next to the seed and real queries'."""
@@ -89,8 +105,9 @@ def synthetic_qa(
         .fillna(0)
         .astype(int)
     )
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        kept,
+        metadata={
             **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
             "forms": dg.MetadataValue.md(forms.rename_axis("form").to_markdown()),
             "form_mix": dg.MetadataValue.json(stats["form_mix"]),
@@ -121,13 +138,19 @@ def synthetic_qa(
                 if not dropped.empty
                 else "none"
             ),
-        }
+        },
     )
-    return kept
+    verdict = check_questions(kept, stats, config.min_questions, config.min_parse_rate, config.max_llm_failure_rate)
+    yield check_result(QUESTIONS_CHECK, replace(verdict, metadata={**verdict.metadata, **realism_figures(realism)}))
 
 
-@dg.asset(partitions_def=corpus_versions, group_name="questions", kinds={"pandas"})
-def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_qa: pd.DataFrame) -> pd.DataFrame:
+@dg.asset(
+    partitions_def=corpus_versions,
+    group_name="questions",
+    kinds={"pandas"},
+    check_specs=[data_check(SPLITS_CHECK, "qa_splits", "Every split non-empty; no document on two sides.")],
+)
+def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_qa: pd.DataFrame):
     """Train/validation/test assignment by document: no document has questions on two sides."""
     split = split_by_document(
         synthetic_qa,
@@ -136,13 +159,15 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_
         validation_fraction=config.validation_fraction,
     )
     counts = split.groupby("split").agg(questions=("question_id", "size"), documents=("doc_id", "nunique"))
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        split,
+        metadata={
             "train_questions": int(counts.loc["train", "questions"]),
             "test_questions": int(counts.loc["test", "questions"]),
             "validation_questions": int(counts["questions"].get("validation", 0)),
             "train_documents": int(counts.loc["train", "documents"]),
             "test_documents": int(counts.loc["test", "documents"]),
-        }
+        },
     )
-    return split
+    # Validation may be empty by design (too few documents): training then keeps its last checkpoint.
+    yield check_result(SPLITS_CHECK, check_splits(split, ("train", "test")))
