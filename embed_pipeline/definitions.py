@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
+import sys
+import warnings
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch its price list
 
@@ -52,10 +57,48 @@ def _kept(definition) -> bool:
     }
 
 
+OWNERS_ENV = "EMBED_PIPELINE_OWNERS"  # comma-separated emails or team:NAME, shown on every asset
+DEFAULT_OWNERS = "team:embed_pipeline"
+
+
+def code_version(assets_def: dg.AssetsDefinition) -> str:
+    """12 hex digits of SHA-256 over the asset function's source and every `embed_pipeline.core` module (and
+    the config module) its module uses: a change to either marks the asset's materializations stale."""
+    function = assets_def.op.compute_fn.decorated_fn
+    used = {getattr(value, "__module__", None) for value in vars(sys.modules[function.__module__]).values()}
+    files = sorted(
+        sys.modules[name].__file__
+        for name in used
+        if name and name.startswith(("embed_pipeline.core.", "embed_pipeline.config"))
+    )
+    digest = hashlib.sha256(inspect.getsource(function).encode())
+    for file in files:
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _described(definitions: list) -> list:
+    """Owners, code versions and source code references on every asset (Dagster's code references are a beta
+    feature, used deliberately: its warnings are silenced)."""
+    warnings.filterwarnings(
+        "ignore",
+        message="(Class|Function) `(LocalFileCodeReference|CodeReferencesMetadataValue|with_source_code_references)`",
+        category=dg.BetaWarning,
+    )
+    owners = [o.strip() for o in os.environ.get(OWNERS_ENV, DEFAULT_OWNERS).split(",") if o.strip()]
+    described = [
+        d.map_asset_specs(lambda spec, d=d: spec.replace_attributes(owners=owners, code_version=code_version(d)))
+        if isinstance(d, dg.AssetsDefinition) and d.keys
+        else d
+        for d in definitions
+    ]
+    return list(dg.with_source_code_references(described))
+
+
 # Assets and their stand-alone checks (most checks are specs on their asset): the one job runs them all.
-ALL_ASSETS = [
-    d for d in (*dg.load_assets_from_modules(_MODULES), *dg.load_asset_checks_from_modules(_MODULES)) if _kept(d)
-]
+ALL_ASSETS = _described(
+    [d for d in (*dg.load_assets_from_modules(_MODULES), *dg.load_asset_checks_from_modules(_MODULES)) if _kept(d)]
+)
 
 
 def build_resources(pipeline: PipelineResource, device: str = "auto") -> dict:

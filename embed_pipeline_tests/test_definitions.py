@@ -104,3 +104,18 @@ def test_tensorrt_engine_is_left_out_where_no_engine_can_be_built_unless_asked(m
     monkeypatch.setenv(TENSORRT_ENV, "maybe")
     with pytest.raises(ValueError, match="use auto, on or off"):
         tensorrt_left_out()
+
+
+def test_every_asset_has_owners_a_code_version_and_a_code_reference():
+    """A code change marks what is stale (the version hashes the asset's function and the core modules its
+    module uses); the UI links each asset to its source."""
+    graph = defs.resolve_asset_graph()
+    versions = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.owners == ["team:embed_pipeline"], key
+        assert len(node.code_version or "") == 12, key
+        versions[key.to_user_string()] = node.code_version
+        references = node.metadata["dagster/code_references"].code_references
+        assert references and all(Path(r.file_path).is_file() for r in references), key
+    assert len(set(versions.values())) == len(versions)  # each asset its own version
