@@ -168,10 +168,23 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from embed_pipeline.core.report import gate_summary, report_markdown
 
     failures = result.get_step_failure_events()
-    gate_failed = [e for e in failures if e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"]
+    # The report's gates block the export by design (exit 3, the report printed); a failed data check on an
+    # earlier step stops the run like any other failure, named with its verdict.
+    gate_failed = [
+        e
+        for e in failures
+        if e.step_key == "beir_report" and e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+    ]
     if not result.success and not (gate_failed and len(gate_failed) == len(failures)):
+        failed_checks = {c.asset_key.to_user_string(): c for c in result.get_asset_check_evaluations() if not c.passed}
         for event in failures:
-            print(f"\nerror in step {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
+            check = failed_checks.get(event.step_key)
+            cause = (
+                f"data check {check.check_name} failed: {check.description}"
+                if check is not None and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+                else _root_cause(event.step_failure_data.error)
+            )
+            print(f"\nerror in step {event.step_key}: {cause}", file=sys.stderr)
         print(f"(full trace in the Dagster run log, DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
         return 2 if all(_caused_by_documents(event.step_failure_data.error) for event in failures) else 1
     report = result.output_for_node("beir_report")

@@ -140,3 +140,15 @@ def test_qrels_that_judge_no_corpus_document_are_bad_input(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["run", "--docs", str(beir / "corpus.jsonl"), "--eval-beir", str(beir), "--out", out]) == 2
     assert _first_error(capsys.readouterr().err).startswith("error: --eval-beir: ")
+
+
+def test_a_failed_data_check_stops_the_run_naming_its_verdict_not_a_gate(tmp_path, capsys):
+    """Too few questions: the blocking data check on synthetic_qa stops the run (exit 1) with its verdict;
+    it is not mistaken for the report's gate (exit 3 with a report)."""
+    docs = _docs(tmp_path)
+    (tmp_path / "cfg.yaml").write_text("synthetic_qa: {min_questions: 50}\n")
+    code = main(["run", "--docs", str(docs), "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "error in step synthetic_qa: data check enough_usable_questions failed: " in err
+    assert "fewer than min_questions=50" in err
