@@ -22,6 +22,15 @@ class Verdict:
     metadata: dict[str, float | int | str] = field(default_factory=dict)
 
 
+def _found(counts: dict[str, int]) -> list[str]:
+    """ "N what" for each non-zero count: the problems a verdict names."""
+    return [f"{n} {what}" for what, n in counts.items() if n]
+
+
+def _blank(texts: pd.Series) -> pd.Series:
+    return texts.fillna("").str.strip().eq("")
+
+
 def _verdict(problems: list[str], fine: str, metadata: dict) -> Verdict:
     return Verdict(not problems, "; ".join(problems) if problems else fine, metadata)
 
@@ -29,18 +38,16 @@ def _verdict(problems: list[str], fine: str, metadata: dict) -> Verdict:
 def check_chunks(chunks: pd.DataFrame) -> Verdict:
     """No empty chunk, no chunk id twice, no text twice within one document. The same text in different
     documents (boilerplate) is counted, not failed."""
-    empty = int(chunks["text"].fillna("").str.strip().eq("").sum())
+    empty = int(_blank(chunks["text"]).sum())
     repeated_ids = int(chunks["chunk_id"].duplicated().sum())
     repeated_in_document = int(chunks.duplicated(["doc_id", "text"]).sum())
-    problems = [
-        f"{n} {what}"
-        for n, what in (
-            (empty, "empty chunks"),
-            (repeated_ids, "chunk ids used twice"),
-            (repeated_in_document, "chunks repeating another chunk of their document"),
-        )
-        if n
-    ]
+    problems = _found(
+        {
+            "empty chunks": empty,
+            "chunk ids used twice": repeated_ids,
+            "chunks repeating another chunk of their document": repeated_in_document,
+        }
+    )
     metadata = {
         "chunks": len(chunks),
         "empty_chunks": empty,
@@ -61,7 +68,7 @@ def check_questions(
     parse_rate = int(stats.get("accepted", 0)) / max(1, int(stats.get("accepted", 0)) + int(stats.get("rejected", 0)))
     calls = int(stats.get("llm_calls_made", 0)) + int(stats.get("llm_calls_cached", 0))
     failure_rate = int(stats.get("llm_failures", 0)) / max(1, calls)
-    empty = int(questions["question"].fillna("").str.strip().eq("").sum()) if len(questions) else 0
+    empty = int(_blank(questions["question"]).sum()) if len(questions) else 0
     problems = []
     if len(questions) < min_questions:
         problems.append(f"{len(questions)} questions kept, fewer than min_questions={min_questions}")
@@ -107,17 +114,12 @@ def check_training_rows(rows: pd.DataFrame, num_negatives: int) -> Verdict:
     if missing:
         return Verdict(False, f"columns {missing} are missing", {"rows": len(rows)})
     texts = rows[negatives].fillna("")
-    empty = int(texts.apply(lambda column: column.str.strip().eq("")).any(axis=1).sum())
+    empty = int(texts.apply(_blank).any(axis=1).sum())
     same_as_positive = int(texts.eq(rows["positive"], axis=0).any(axis=1).sum())
     problems = [] if len(rows) else ["no training rows"]
-    problems += [
-        f"{n} {what}"
-        for n, what in (
-            (empty, "rows with an empty negative"),
-            (same_as_positive, "rows with a negative equal to the positive"),
-        )
-        if n
-    ]
+    problems += _found(
+        {"rows with an empty negative": empty, "rows with a negative equal to the positive": same_as_positive}
+    )
     metadata = {
         "rows": len(rows),
         "rows_with_empty_negative": empty,
