@@ -208,8 +208,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
         int8 = result.output_for_node("onnx_int8_model")
         print(
             f"ONNX int8 model: {int8['onnx_file']}  (min cosine to PyTorch {int8['min_cosine']:.4f}, "
-            f"nDCG@10 {-int8['ndcg@10_drop_vs_fp32']:+.4f} vs fp32 on the test questions)"
+            f"nDCG@10 {-int8['ndcg@10_drop_vs_fp32']:+.4f} vs fp32 on {int8['retrieval_check_queries']} "
+            f"{int8['retrieval_check_query_set']})"
         )
+        if not int8["recommended"]:
+            print(f"                 NOT recommended: {int8['reason']}; serve the fp32 export above")
         from embed_pipeline.definitions import TENSORRT_LEFT_OUT
 
         if TENSORRT_LEFT_OUT:

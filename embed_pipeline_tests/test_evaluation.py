@@ -20,13 +20,14 @@ from embed_pipeline.core.evaluation import (
     judgment_coverage,
     load_beir_queries,
     markdown_table,
-    per_query_ndcg,
+    per_query_scores,
     reciprocal_rank_fusion,
     retrieval_metrics,
     score_fusion,
 )
 from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.report import (
+    HEADLINE_METRICS,
     REAL,
     SYNTHETIC,
     evaluate_systems,
@@ -152,7 +153,7 @@ def test_identical_ids_are_ignored_when_asked_as_beir_does() -> None:
     results = {"x": {"x": 0.9, "y": 0.5}}  # the query retrieves itself first (ArguAna)
     assert retrieval_metrics(qrels, results)["nDCG@1"] == 0.0
     assert retrieval_metrics(qrels, results, ignore_identical_ids=True)["nDCG@1"] == 1.0
-    assert per_query_ndcg(qrels, results, k=1, ignore_identical_ids=True) == {"x": 1.0}
+    assert per_query_scores(qrels, results, "nDCG@1", ignore_identical_ids=True) == {"x": 1.0}
     assert results == {"x": {"x": 0.9, "y": 0.5}}
 
 
@@ -365,14 +366,25 @@ def test_reciprocal_rank_fusion_sums_one_over_k_plus_rank() -> None:
     assert fused["only-dense"] == {"x": 1 / 61}
 
 
-def test_per_query_ndcg_matches_hand_computation_and_counts_missing_queries_as_zero() -> None:
-    qrels = {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}, "q3": {"d9": 1}}
-    results = {"q1": {"d0": 0.9, "d1": 0.5}, "q2": {"d2": 0.9, "d3": 0.8}}
-    scores = per_query_ndcg(qrels, results)
+def test_per_query_scores_match_hand_computation_and_average_to_the_reported_metrics() -> None:
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}, "q3": {"d9": 1}, "q4": {"d5": 1, "d6": 1}}
+    results = {
+        "q1": {"d0": 0.9, "d1": 0.5},
+        "q2": {"d2": 0.9, "d3": 0.8},
+        "q4": {**{f"x{i}": 1 - i / 100 for i in range(12)}, "d5": 0.5},  # d5 ranked 13th
+    }
+    scores = per_query_scores(qrels, results)
     assert scores["q1"] == pytest.approx(1 / log2(3))
     assert scores["q2"] == pytest.approx(1.0)
-    assert scores["q3"] == 0.0
-    assert _mean(list(scores.values())) == pytest.approx(retrieval_metrics(qrels, results)["nDCG@10"], abs=1e-4)
+    assert scores["q3"] == 0.0  # no results: 0, not left out
+    assert per_query_scores(qrels, results, "MRR@10") == {"q1": 0.5, "q2": 1.0, "q3": 0.0, "q4": 0.0}
+    assert per_query_scores(qrels, results, "Recall@100")["q4"] == 0.5
+    reported = retrieval_metrics(qrels, results)
+    for metric in ("nDCG@10", "Recall@10", "MRR@10", "Recall@100", "P@5", "MAP@10"):
+        per_query = per_query_scores(qrels, results, metric)
+        assert _mean(list(per_query.values())) == pytest.approx(reported[metric], abs=1e-4), metric
+    with pytest.raises(ValueError, match="metric 'F1@10'"):
+        per_query_scores(qrels, results, "F1@10")
 
 
 def test_paired_comparison_reports_delta_interval_and_test() -> None:
@@ -449,6 +461,8 @@ def test_report_scores_each_matryoshka_size_as_its_own_row_and_fuses_the_first_m
     assert report["hybrid_weights"] == {"hybrid (tuned)": {"model": "fine-tuned", "bm25_weight": 0.3}}
     assert systems["fine-tuned"] == systems["base"]
     assert set(report["query_sets"][REAL]["vs_base"]) == set(systems) - {"base"}
+    per_metric = report["query_sets"][REAL]["fine_tuned_minus_base"]
+    assert list(per_metric) == HEADLINE_METRICS and all(c["delta"] == 0 and c["ties"] for c in per_metric.values())
     assert report["query_sets"][REAL]["largest_losses"] == []  # "fine-tuned" is base itself: nothing lost
     truncated = load_encoder(path, truncate_dim=16).encode_query(["hello world"], normalize_embeddings=True)
     assert truncated.shape == (1, 16)
@@ -467,7 +481,7 @@ def test_report_scores_each_matryoshka_size_as_its_own_row_and_fuses_the_first_m
     ]
     html = report_html(report, full_dimension=384)
     assert html.startswith("<!DOCTYPE html>") and html.count("<table>") == 1
-    assert html.count("src='data:image/png;base64,") == 3  # metric bars, per-k curves, Matryoshka curve
+    assert html.count("src='data:image/png;base64,") == 4  # metric bars, differences, per-k curves, Matryoshka
     assert "Matryoshka" in html and "Gate passed" in html and "Largest losses" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
 

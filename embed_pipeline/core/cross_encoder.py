@@ -56,19 +56,19 @@ def train_cross_encoder(
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
+    from embed_pipeline.core.atomic import staging_dir
     from embed_pipeline.core.training import use_bf16
 
     pairs = cross_encoder_pairs(mined, chunks, num_negatives)
     if pairs.empty or pairs["label"].nunique() < 2:
         raise ValueError("the cross-encoder teacher needs questions with mined negatives: none were mined")
     output_dir = Path(output_dir)
-    staging = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    scratch = output_dir.with_name(output_dir.name + ".trainer")  # the Trainer's folder; nothing is saved there
     model = CrossEncoder(base_model, num_labels=1, device=device)
     negatives_per_positive = (pairs["label"] == 0).sum() / max(1, (pairs["label"] == 1).sum())
     loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(negatives_per_positive)))
     args = CrossEncoderTrainingArguments(
-        output_dir=str(staging / "checkpoints"),
+        output_dir=str(scratch),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
@@ -85,16 +85,15 @@ def train_cross_encoder(
     )
     started = time.perf_counter()
     result = trainer.train()
-    model.save_pretrained(str(staging))
-    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    staging.rename(output_dir)
+    with staging_dir(output_dir) as staging:
+        model.save_pretrained(str(staging))
+    shutil.rmtree(scratch, ignore_errors=True)
     return {
         "path": str(output_dir),
         "pairs": len(pairs),
         "positives": int((pairs["label"] == 1).sum()),
         "steps": int(result.global_step),
-        "final_loss": round(float(result.training_loss), 4),
+        "mean_loss": round(float(result.training_loss), 4),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
 

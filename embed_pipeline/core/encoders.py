@@ -156,7 +156,7 @@ class CachedDocuments:
         return self.vectors[[self.index[k] for k in keys]]
 
     def _save(self) -> None:
-        from embed_pipeline.core.storage import write_atomically
+        from embed_pipeline.core.atomic import write_atomically
 
         def save_vectors(tmp: Path) -> None:
             with tmp.open("wb") as f:  # a file object: np.save would add ".npy" to a path

@@ -43,7 +43,7 @@ __all__ = [
     "saved_fusion",
     "load_beir_queries",
     "markdown_table",
-    "per_query_ndcg",
+    "per_query_scores",
     "reciprocal_rank_fusion",
     "retrieval_metrics",
     "score_fusion",
@@ -103,15 +103,30 @@ def retrieval_metrics(
     return metrics
 
 
-def per_query_ndcg(qrels: Qrels, results: Results, k: int = 10, ignore_identical_ids: bool = False) -> dict[str, float]:
-    """nDCG@k of each query in ``qrels`` (pytrec_eval); a query without results scores 0."""
+PER_QUERY_MEASURES = {"nDCG": "ndcg_cut", "Recall": "recall", "P": "P", "MAP": "map_cut", "MRR": "recip_rank"}
+"""The reported metrics scored per query, by their pytrec_eval measures (MRR@k: reciprocal rank in the top k)."""
+
+
+def per_query_scores(
+    qrels: Qrels, results: Results, metric: str = "nDCG@10", ignore_identical_ids: bool = False
+) -> dict[str, float]:
+    """``metric`` (e.g. nDCG@10, Recall@100, MRR@10) of each query in ``qrels`` (pytrec_eval, as
+    `retrieval_metrics` averages them); a query without results scores 0."""
     import pytrec_eval
 
+    name, _, cut = metric.partition("@")
+    if name not in PER_QUERY_MEASURES or not cut.isdigit():
+        raise ValueError(f"metric {metric!r} is not one of {list(PER_QUERY_MEASURES)} @k")
+    k, measure = int(cut), PER_QUERY_MEASURES[name]
     if ignore_identical_ids:
         results = drop_identical_ids(results)
-    run = {qid: {doc: float(s) for doc, s in results.get(qid, {}).items()} or {"\0none": 0.0} for qid in qrels}
-    scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}"}).evaluate(run)
-    return {qid: scores.get(qid, {}).get(f"ndcg_cut_{k}", 0.0) for qid in qrels}
+    run = {}
+    for qid in qrels:
+        ranked = sorted(((doc, float(s)) for doc, s in results.get(qid, {}).items()), key=lambda item: -item[1])
+        run[qid] = dict(ranked[:k] if measure == "recip_rank" else ranked) or {"\0none": 0.0}
+    requested = measure if measure == "recip_rank" else f"{measure}.{k}"  # recip_rank: the run is cut to k
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {requested}).evaluate(run)
+    return {qid: scores.get(qid, {}).get(requested.replace(".", "_"), 0.0) for qid in qrels}
 
 
 def reciprocal_rank_fusion(runs: list[Results], k: int = 60, top_k: int = 100) -> Results:

@@ -19,14 +19,11 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
 import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +32,9 @@ import onnxruntime as ort
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8", "staging_dir", "tensorrt_options"]
+from embed_pipeline.core.atomic import staging_dir, write_atomically
+
+__all__ = ["OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8", "tensorrt_options"]
 
 EXPORT_INFO = "export.json"
 ONNX_FILE = "model.onnx"
@@ -199,6 +198,7 @@ class OnnxEncoder:
         self.dim: int = info["dim"]
         self.max_seq_length: int = info["max_seq_length"]
         self.prompts: dict[str, str] = info.get("prompts", {})
+        self.recommendation: dict = info.get("recommendation", {})  # see `record_recommendation`
         self._tokenizing = threading.Lock()  # HF fast tokenizers fail ("Already borrowed") when shared by threads
         self.tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
         self._left_tokenizer = AutoTokenizer.from_pretrained(onnx_dir, truncation_side="left")
@@ -358,6 +358,16 @@ def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir / ONNX_FILE
 
 
+def record_recommendation(export_dir: str | Path, recommended: bool, reason: str = "") -> dict:
+    """Write into an export's export.json whether it is recommended for serving and, when not, why (e.g. a
+    quantized export whose retrieval fell below fp32's); the server warns at start-up when it is not."""
+    path = Path(export_dir) / EXPORT_INFO
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info["recommendation"] = {"recommended": recommended, "reason": reason}
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
+    return info["recommendation"]
+
+
 def _prompts(model_dir: Path) -> dict[str, str]:
     """The model's non-empty query/document prompts (sentence-transformers config), for servers and
     evaluators of the export to apply by input type."""
@@ -405,30 +415,3 @@ def _check_supported(model_dir: Path) -> int:
     limit = AutoTokenizer.from_pretrained(model_dir).model_max_length
     positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
     return int(min(limit, positions) if positions else limit)
-
-
-@contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out_dir`` to build an export in: renamed into place when the block
-    succeeds, removed when it fails, so readers never see a half-written export."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it owner-only; the export is meant to be shared
-    try:
-        yield staging
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``, swapping out an existing ``target`` with two renames."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old)

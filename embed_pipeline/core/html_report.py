@@ -7,8 +7,14 @@ import re
 from html import escape
 
 from embed_pipeline.core.evaluation import KS
-from embed_pipeline.core.plots import matryoshka_curve_uri, metric_bars_uri, per_k_curves_uri, realism_histograms_uri
-from embed_pipeline.core.report import HEADLINE_METRICS, gate_summary, seeds_note
+from embed_pipeline.core.plots import (
+    delta_bars_uri,
+    matryoshka_curve_uri,
+    metric_bars_uri,
+    per_k_curves_uri,
+    realism_histograms_uri,
+)
+from embed_pipeline.core.report import HEADLINE_METRICS, comparison_text, deltas_text, gate_summary, seeds_note
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -43,14 +49,9 @@ def _verdict(verdict: dict) -> str:
 
 
 def _comparisons(entry: dict) -> str:
-    items = []
-    for system, c in entry.get("vs_base", {}).items():
-        ci = f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "no CI (identical)"
-        p = f"Wilcoxon p = {c['wilcoxon_p']:.3g}" if c["wilcoxon_p"] is not None else "no p-value"
-        items.append(
-            f"<li>{escape(system)} − base, nDCG@10: {c['delta']:+.4f}, {ci}, {p}; better/worse/tied "
-            f"{c['wins']}/{c['losses']}/{c['ties']}</li>"
-        )
+    items = [f"<li>{escape(comparison_text(system, c))}</li>" for system, c in entry.get("vs_base", {}).items()]
+    if entry.get("fine_tuned_minus_base"):
+        items.append(f"<li>fine-tuned − base per metric: {escape(deltas_text(entry['fine_tuned_minus_base']))}</li>")
     return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
@@ -138,6 +139,9 @@ def report_html(
             _table(systems, TABLE_METRICS),
             _comparisons(entry),
             f"<img alt='{escape(name)} metrics' src='{metric_bars_uri(systems, HEADLINE_METRICS, name)}'>",
+            f"<img alt='{escape(name)} differences' src='{delta_bars_uri(entry['fine_tuned_minus_base'], name)}'>"
+            if entry.get("fine_tuned_minus_base")
+            else "",
             f"<img alt='{escape(name)} per-k curves' src='{per_k_curves_uri(systems, list(KS), name)}'>",
             _matryoshka(systems, full_dimension),
             _losses(entry.get("largest_losses", [])),

@@ -33,13 +33,35 @@ def histogram_markdown(series: dict[str, list[float]], title: str = "cosine simi
     return _markdown_image(fig, title)
 
 
+def training_curves_markdown(loss_curve: list[dict], validation_curve: list[dict]) -> str:
+    """Training loss against step and, when validated, validation nDCG@10 against step, side by side."""
+    fig, axes = plt.subplots(1, 2 if validation_curve else 1, figsize=(10 if validation_curve else 5, 3), squeeze=False)
+    loss_ax = axes[0][0]
+    loss_ax.plot([p["step"] for p in loss_curve], [p["loss"] for p in loss_curve], marker=".")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("training loss")
+    if validation_curve:
+        ax = axes[0][1]
+        ax.plot([p["step"] for p in validation_curve], [p["ndcg@10"] for p in validation_curve], marker="o")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation nDCG@10")
+    return _markdown_image(fig, "training curves")
+
+
 def _metric_bars(systems: dict[str, dict[str, float]], metrics: list[str], title: str):
-    fig, ax = plt.subplots(figsize=(6, 3))
+    """Grouped bars, each labelled with its value, on an axis fitted to the values (not 0-1), so that a
+    difference of a few hundredths between systems is visible; the axis says where it starts."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     width = 0.8 / max(1, len(systems))
-    for i, (system, values) in enumerate(systems.items()):
-        ax.bar([m + i * width for m in range(len(metrics))], [values[k] for k in metrics], width, label=system)
+    values = [v[k] for v in systems.values() for k in metrics]
+    for i, (system, scores) in enumerate(systems.items()):
+        bars = ax.bar([m + i * width for m in range(len(metrics))], [scores[k] for k in metrics], width, label=system)
+        ax.bar_label(bars, fmt="%.3f", fontsize=5, rotation=90, padding=2)
     ax.set_xticks([m + width * (len(systems) - 1) / 2 for m in range(len(metrics))], metrics)
-    ax.set_ylim(0, 1.05)
+    low, high = min(values), max(values)
+    pad = max(0.02, (high - low) * 0.15)
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + 2 * pad))
+    ax.set_ylabel("score (axis not from 0)" if low - pad > 0 else "score")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     return fig
@@ -51,6 +73,31 @@ def metric_bars_markdown(systems: dict[str, dict[str, float]], metrics: list[str
 
 def metric_bars_uri(systems: dict[str, dict[str, float]], metrics: list[str], title: str) -> str:
     return _data_uri(_metric_bars(systems, metrics, title))
+
+
+def _delta_bars(comparisons: dict[str, dict], title: str):
+    """Fine-tuned minus base per metric with its 95% bootstrap interval: a bar that crosses zero is no
+    demonstrated difference."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    metrics = list(comparisons)
+    deltas = [comparisons[m]["delta"] for m in metrics]
+    lows = [d - (comparisons[m]["ci95"] or [d, d])[0] for m, d in zip(metrics, deltas, strict=True)]
+    highs = [(comparisons[m]["ci95"] or [d, d])[1] - d for m, d in zip(metrics, deltas, strict=True)]
+    colors = ["#1a7f37" if d >= 0 else "#c62828" for d in deltas]
+    ax.bar(range(len(metrics)), deltas, color=colors, yerr=[lows, highs], capsize=4)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylabel("fine-tuned − base")
+    ax.set_title(f"{title}: difference with 95% CI")
+    return fig
+
+
+def delta_bars_markdown(comparisons: dict[str, dict], title: str) -> str:
+    return _markdown_image(_delta_bars(comparisons, title), f"{title} differences")
+
+
+def delta_bars_uri(comparisons: dict[str, dict], title: str) -> str:
+    return _data_uri(_delta_bars(comparisons, title))
 
 
 def per_k_curves_uri(systems: dict[str, dict[str, float]], ks: list[int], title: str) -> str:

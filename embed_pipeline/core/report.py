@@ -21,7 +21,7 @@ from embed_pipeline.core.evaluation import (
     judgments_note,
     load_beir_queries,
     markdown_table,
-    per_query_ndcg,
+    per_query_scores,
     reciprocal_rank_fusion,
     retrieval_metrics,
     score_fusion,
@@ -36,15 +36,37 @@ SYNTHETIC = "synthetic_test"
 REAL = "real_queries"
 
 
-def synthetic_test_set(questions: pd.DataFrame) -> tuple[dict[str, str], Qrels]:
-    """Queries and chunk-level qrels from the held-out questions (every supporting chunk is relevant)."""
-    test = questions[questions["split"] == "test"]
+def synthetic_test_set(questions: pd.DataFrame, splits: tuple[str, ...] = ("test",)) -> tuple[dict[str, str], Qrels]:
+    """Queries and chunk-level qrels from the held-out questions of `splits` (every supporting chunk is relevant)."""
+    test = questions[questions["split"].isin(splits)]
     queries = dict(zip(test["question_id"], test["question"], strict=True))
     qrels = {
         qid: {c: 1 for c in positives}
         for qid, positives in zip(test["question_id"], test["positive_chunk_ids"], strict=True)
     }
     return queries, qrels
+
+
+def real_query_set(beir_dir: str | Path, seeds: list | None = None) -> tuple[dict[str, str], Qrels, list[str]]:
+    """A BEIR folder's test queries and qrels, less the seed queries (`query_examples`: they shaped the training
+    queries, so scoring them would flatter the model): (queries, qrels, excluded seed ids)."""
+    from embed_pipeline.core.query_examples import without_seeds
+
+    queries, qrels = load_beir_queries(beir_dir)
+    queries, excluded = without_seeds(queries, seeds or [])
+    return queries, {q: rel for q, rel in qrels.items() if q in queries}, excluded
+
+
+def export_check_queries(
+    questions: pd.DataFrame, beir_dir: str | Path | None, seeds: list | None = None
+) -> tuple[str, tuple[dict[str, str], Qrels, bool]]:
+    """The queries an export's retrieval is checked on, as many as there are: the real queries when given,
+    else every held-out synthetic question (test and validation). (name, (queries, qrels, qrels on documents))."""
+    if beir_dir:
+        queries, qrels, _ = real_query_set(beir_dir, seeds)
+        return REAL, (queries, qrels, True)
+    queries, qrels = synthetic_test_set(questions, ("test", "validation"))
+    return "synthetic_test_and_validation", (queries, qrels, False)
 
 
 def evaluate_systems(
@@ -92,7 +114,7 @@ def evaluate_systems(
     keys = {f"{i}": key for i, key in enumerate(merged)}
 
     runs: dict[str, Results] = {}  # chunk-level results of each system, merged query keys
-    per_query: dict[str, dict[str, dict[str, float]]] = {}  # query set -> system -> query -> nDCG@10
+    per_query: dict[str, dict[str, dict[str, dict[str, float]]]] = {}  # set -> system -> metric -> query -> score
     ranked: dict[str, dict[str, Results]] = {}  # query set -> system -> its scored ranking
     documents = set(chunk_to_doc.values())
     for name, (queries, qrels, on_documents) in query_sets.items():
@@ -115,7 +137,9 @@ def evaluate_systems(
             entry = report["query_sets"][name]
             ignore = entry["ignore_identical_ids"]
             entry["systems"][system] = retrieval_metrics(qrels, own, ignore_identical_ids=ignore)
-            per_query.setdefault(name, {})[system] = per_query_ndcg(qrels, own, ignore_identical_ids=ignore)
+            per_query.setdefault(name, {})[system] = {
+                metric: per_query_scores(qrels, own, metric, ignore_identical_ids=ignore) for metric in HEADLINE_METRICS
+            }
             ranked.setdefault(name, {})[system] = own
         report["timings_s"][system] = round(time.perf_counter() - started, 1)
         log.info("%s scored in %.1f s", system, report["timings_s"][system])
@@ -148,9 +172,15 @@ def evaluate_systems(
         text_of = {**dict(zip(ids, passages, strict=True)), **chunks.groupby("doc_id")["passage"].first().to_dict()}
         for name, systems in per_query.items():
             report["query_sets"][name]["vs_base"] = {
-                system: paired_comparison(systems["base"], systems[system]) for system in systems if system != "base"
+                system: paired_comparison(systems["base"]["nDCG@10"], systems[system]["nDCG@10"])
+                for system in systems
+                if system != "base"
             }
             if tuned:
+                report["query_sets"][name]["fine_tuned_minus_base"] = {
+                    metric: paired_comparison(systems["base"][metric], systems[tuned[0]][metric], metric=metric)
+                    for metric in HEADLINE_METRICS
+                }
                 queries, qrels, _ = query_sets[name]
                 base, other = ranked[name]["base"], ranked[name][tuned[0]]
                 if report["query_sets"][name]["ignore_identical_ids"]:
@@ -170,7 +200,7 @@ def largest_losses(
 ) -> list[dict]:
     """Failure analysis: the `n` queries whose nDCG@10 dropped most from base to the fine-tuned model,
     each with the relevant ids and both models' top `shown` hits (id, relevant or not, start of its text)."""
-    base_ndcg, tuned_ndcg = per_query_ndcg(qrels, base), per_query_ndcg(qrels, tuned)
+    base_ndcg, tuned_ndcg = per_query_scores(qrels, base), per_query_scores(qrels, tuned)
     lost = sorted((q for q in qrels if tuned_ndcg[q] < base_ndcg[q]), key=lambda q: tuned_ndcg[q] - base_ndcg[q])
 
     def top(run: Results, q: str) -> list[dict]:
@@ -214,8 +244,8 @@ def evaluate_on_beir(
     return report
 
 
-def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int = 42) -> dict:
-    """Per-query nDCG@10 of a system against base: mean difference, relative change, a 95% bootstrap
+def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int = 42, metric: str = "nDCG@10") -> dict:
+    """Per-query `metric` of a system against base: mean difference, relative change, a 95% bootstrap
     confidence interval of the difference (10,000 resamples of the queries), the Wilcoxon signed-rank
     p-value, and wins/losses/ties. An interval that contains 0 means no demonstrated difference."""
     import numpy as np
@@ -224,7 +254,7 @@ def paired_comparison(base: dict[str, float], other: dict[str, float], seed: int
     deltas = np.array([other[q] - base[q] for q in base])
     mean_base = float(np.mean(list(base.values())))
     result = {
-        "metric": "nDCG@10",
+        "metric": metric,
         "delta": round(float(deltas.mean()), 4),
         "relative": round(float(deltas.mean()) / mean_base, 4) if mean_base else None,
         "wins": int((deltas > 0).sum()),
@@ -296,20 +326,34 @@ def report_markdown(report: dict, metrics: list[str] = HEADLINE_METRICS) -> str:
             parts.append(seeds_note(entry["excluded_seed_queries"]))
         if entry.get("judgments") and (note := judgments_note(entry["judgments"])):
             parts.append(f"Judgments: {note}.")
-        for system, c in entry.get("vs_base", {}).items():
-            ci = f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "no CI (identical)"
-            p = f"Wilcoxon p = {c['wilcoxon_p']:.3g}" if c["wilcoxon_p"] is not None else "no p-value"
-            relative = f" ({c['relative']:+.1%})" if c["relative"] is not None else ""
-            parts.append(
-                f"- {system} − base, nDCG@10: {c['delta']:+.4f}{relative}, {ci}, {p}; "
-                f"queries better/worse/tied: {c['wins']}/{c['losses']}/{c['ties']}"
-            )
+        parts += [f"- {comparison_text(system, c)}" for system, c in entry.get("vs_base", {}).items()]
+        if entry.get("fine_tuned_minus_base"):
+            parts.append(f"fine-tuned − base per metric: {deltas_text(entry['fine_tuned_minus_base'])}")
         if entry.get("largest_losses"):
             parts.append(f"Largest losses against base ({name}):")
             parts.append("\n".join(_loss_line(loss) for loss in entry["largest_losses"]))
     if report.get("query_realism"):
         parts.append(f"**query realism**\n\n{realism_markdown(report['query_realism'])}")
     return "\n\n".join(parts)
+
+
+def comparison_text(system: str, c: dict) -> str:
+    """One paired comparison (`paired_comparison`) in words: difference, interval, test, wins and losses."""
+    ci = f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "no CI (identical)"
+    p = f"Wilcoxon p = {c['wilcoxon_p']:.3g}" if c["wilcoxon_p"] is not None else "no p-value"
+    relative = f" ({c['relative']:+.1%})" if c["relative"] is not None else ""
+    return (
+        f"{system} − base, {c['metric']}: {c['delta']:+.4f}{relative}, {ci}, {p}; "
+        f"queries better/worse/tied: {c['wins']}/{c['losses']}/{c['ties']}"
+    )
+
+
+def deltas_text(comparisons: dict[str, dict]) -> str:
+    """Fine-tuned minus base for each metric with its 95% interval, on one line."""
+    return "; ".join(
+        f"{metric} {c['delta']:+.4f}" + (f" [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "")
+        for metric, c in comparisons.items()
+    )
 
 
 def seeds_note(excluded: list[str]) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -32,6 +31,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from embed_pipeline.core.atomic import staging_dir, write_atomically
 
 __all__ = ["ArtifactStore", "StorageError", "is_url", "shared_append_log", "store_errors", "COMPLETE_MARK"]
 
@@ -146,15 +147,7 @@ class ArtifactStore:
         fs = self.fs if self.remote and address.startswith(self.root + "/") else _filesystem(address)
         if fs.isfile(address):
             if refresh or not local.exists():
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fd, staging = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.")
-                os.close(fd)
-                try:
-                    fs.get_file(address, staging)
-                    os.replace(staging, local)
-                finally:
-                    if os.path.exists(staging):
-                        os.remove(staging)
+                write_atomically(local, lambda tmp: fs.get_file(address, str(tmp)))
             return local
         if (local / COMPLETE_MARK).exists() and not refresh:
             return local
@@ -163,15 +156,9 @@ class ArtifactStore:
                 f"{address} is not in the store (or its upload never finished): materialize it first"
             )
         keys = [k for k in fs.find(address) if not k.endswith("/")]
-        local.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
-        try:
+        with staging_dir(local) as staging:
             prefix = fs._strip_protocol(address).rstrip("/") + "/"
             fs.get(keys, [str(staging / k.removeprefix(prefix)) for k in keys])
-            shutil.rmtree(local, ignore_errors=True)
-            staging.rename(local)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return local
 
     @_reported
@@ -305,17 +292,3 @@ def shared_append_log(
             with store_errors(store.address(shard)):
                 store.fs.rm(store.address(shard))
             log.info("%s: %d new bytes in shard %s", name, uploaded[0] - start, store.address(final))
-
-
-def write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; artifacts are meant to be shared and read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

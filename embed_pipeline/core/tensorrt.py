@@ -20,7 +20,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder, export_onnx, staging_dir
+from embed_pipeline.core.atomic import staging_dir
+from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder, export_onnx
 
 __all__ = ["build_tensorrt_engine", "tensorrt_unavailable_reason"]
 

@@ -77,6 +77,7 @@ def validation_set(questions: pd.DataFrame, chunks: pd.DataFrame, max_corpus: in
 
 LOSSES = ("mnrl", "margin_mse", "mnrl+margin_mse")
 """Training objectives: contrastive (MultipleNegativesRankingLoss), margin-MSE on teacher margins (GPL), or both."""
+CURVE_POINTS = 50  # training loss is logged about this many times per run, whatever its length
 
 
 def training_loss(model, loss: str, temperature: float, margin_weight: float = 1.0):
@@ -182,6 +183,7 @@ def finetune(
     from sentence_transformers.losses import MatryoshkaLoss
     from transformers import TrainerCallback
 
+    from embed_pipeline.core.atomic import staging_dir
     from embed_pipeline.core.device import load_bi_encoder
     from embed_pipeline.core.model_card import append_section, training_section
     from embed_pipeline.core.sampler import QuestionBatchSampler
@@ -195,9 +197,10 @@ def finetune(
     output_dir = Path(output_dir)
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} exists: models are never overwritten in place.")
-    staging = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir else staging / "checkpoints"
+    # Without checkpoint_dir, checkpoints (for the best-on-validation pick) go to a scratch folder nothing resumes from.
+    scratch = output_dir.with_name(output_dir.name + ".checkpoints")
+    shutil.rmtree(scratch, ignore_errors=True)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else scratch
 
     # Attention dropout forces PyTorch's slow unfused attention while training; without it (hidden-layer
     # dropout stays) a CPU step is about 2x faster. None keeps the model's own value.
@@ -257,7 +260,7 @@ def finetune(
         load_best_model_at_end=evaluator is not None,
         metric_for_best_model=best_metric if evaluator else None,
         greater_is_better=True,
-        logging_steps=5,
+        logging_steps=max(1, math.ceil(steps_per_epoch * epochs / CURVE_POINTS)),
         report_to="none",
         seed=seed,
         use_cpu=device == "cpu",
@@ -300,7 +303,7 @@ def finetune(
     result = trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
     seconds = time.perf_counter() - started
     history = trainer.state.log_history
-    losses = [entry["loss"] for entry in history if "loss" in entry]
+    losses = [{"step": entry["step"], "loss": round(float(entry["loss"]), 4)} for entry in history if "loss" in entry]
     validation_curve = [
         {"step": entry["step"], "ndcg@10": round(float(entry[best_metric]), 4)}
         for entry in history
@@ -322,8 +325,9 @@ def finetune(
         "steps": int(result.global_step),
         "resumed_from_step": resumed_from,
         "train_seconds": round(seconds, 1),
-        "final_loss": round(float(result.training_loss), 4),
-        "loss_curve": [round(float(x), 4) for x in losses],
+        "final_loss": losses[-1]["loss"] if losses else None,  # the last logged steps' loss
+        "mean_loss": round(float(result.training_loss), 4),
+        "loss_curve": losses,
         "validation_questions": len(validation.queries) if validation else 0,
         "validation_ndcg@10_base": round(float(base_score), 4) if base_score is not None else None,
         "validation_curve": validation_curve,
@@ -333,14 +337,12 @@ def finetune(
         "attention_dropout": attention_dropout,
     }
     stats["fusion"] = {"base": fusion_base, "fine-tuned": _fusion(model, validation, caches[1])}
-    model.save(str(staging), safe_serialization=True)
-    if stats["fusion"]["fine-tuned"]:
-        (staging / FUSION_FILE).write_text(json.dumps(stats["fusion"]["fine-tuned"], indent=2) + "\n")
-    append_section(staging, "Training (embed_pipeline)", training_section(stats))
-    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-    staging.rename(output_dir)
-    if checkpoint_dir:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the job is done: nothing left to resume
+    with staging_dir(output_dir) as staging:
+        model.save(str(staging), safe_serialization=True)
+        if stats["fusion"]["fine-tuned"]:
+            (staging / FUSION_FILE).write_text(json.dumps(stats["fusion"]["fine-tuned"], indent=2) + "\n")
+        append_section(staging, "Training (embed_pipeline)", training_section(stats))
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the job is done: nothing left to resume
     return stats
 
 

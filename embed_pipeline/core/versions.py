@@ -19,9 +19,9 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
+from embed_pipeline.core.atomic import staging_dir
 from embed_pipeline.core.documents import SUPPORTED_SUFFIXES, DocumentError, SkippedFile, list_files, unreadable_reason
 from embed_pipeline.core.storage import StorageError, is_url, store_errors
 
@@ -138,10 +138,8 @@ def snapshot_documents(path: str | Path, dest: str | Path) -> Path:
     if dest.exists():
         return dest
     files = _files(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     unreadable: dict[str, str] = {}
-    try:
+    with staging_dir(dest) as staging:
         for file, relative, _ in files:
             copy = staging / relative
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +153,6 @@ def snapshot_documents(path: str | Path, dest: str | Path) -> Path:
                 unreadable[relative] = unreadable_reason(Path(file), exc)
         if unreadable:
             (staging / UNREADABLE).write_text(json.dumps(unreadable, indent=1))
-        staging.chmod(0o755)
-        staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dest
 
 

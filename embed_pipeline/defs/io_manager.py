@@ -6,7 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from embed_pipeline.core.storage import ArtifactStore, write_atomically
+from embed_pipeline.core.atomic import write_atomically
+from embed_pipeline.core.storage import ArtifactStore
 from embed_pipeline.defs.resources import VERSIONS_DIR
 
 

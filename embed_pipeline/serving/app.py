@@ -187,6 +187,8 @@ def create_app(
 
     encoder = OnnxEncoder(onnx_dir)
     name = model_name or Path(onnx_dir).resolve().name
+    if not encoder.recommendation.get("recommended", True):
+        log.warning("Serving %s, which is marked not recommended: %s", onnx_dir, encoder.recommendation["reason"])
     dims = sorted(set(allowed_dimensions or [encoder.dim]))
     if any(d > encoder.dim or d <= 0 for d in dims):
         raise ValueError(f"allowed_dimensions {dims} must lie in 1..{encoder.dim} for {onnx_dir}")

@@ -11,6 +11,7 @@ from embed_pipeline.core.data_checks import check_chunks
 from embed_pipeline.core.documents import load_documents
 from embed_pipeline.core.versions import snapshot_origin, unreadable_files
 from embed_pipeline.defs.checks import CHUNKS_CHECK, check_result, data_check
+from embed_pipeline.defs.metadata import frame_metadata
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
@@ -35,6 +36,7 @@ def raw_documents(
     docs = loaded.documents
     context.add_output_metadata(
         {
+            **frame_metadata(docs),
             "documents": len(docs),
             "skipped_files": len(loaded.skipped),
             "skipped": dg.MetadataValue.md("\n".join(f"- `{s.path}`: {s.reason}" for s in loaded.skipped) or "none"),
@@ -73,6 +75,7 @@ def chunked_corpus(
     yield dg.Output(
         chunks,
         metadata={
+            **frame_metadata(chunks),
             "chunks": len(chunks),
             "documents": int(chunks["doc_id"].nunique()),
             "tokens_mean": round(float(chunks["n_tokens"].mean()), 1),

@@ -8,11 +8,11 @@ import pandas as pd
 from transformers import AutoTokenizer
 
 from embed_pipeline.config import ChunkingConfig, EvaluationConfig
+from embed_pipeline.core.atomic import write_atomically
 from embed_pipeline.core.evaluation import METRIC_NAMES, judgment_coverage, judgments_note, load_beir_queries
 from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.model_card import append_section
-from embed_pipeline.core.plots import metric_bars_markdown, realism_histograms_markdown
-from embed_pipeline.core.query_examples import without_seeds
+from embed_pipeline.core.plots import delta_bars_markdown, metric_bars_markdown, realism_histograms_markdown
 from embed_pipeline.core.realism import query_realism, realism_markdown
 from embed_pipeline.core.report import (
     HEADLINE_METRICS,
@@ -22,11 +22,12 @@ from embed_pipeline.core.report import (
     evaluate_systems,
     gate,
     gate_summary,
+    real_query_set,
     regression_markdown,
     report_markdown,
     synthetic_test_set,
 )
-from embed_pipeline.core.storage import write_atomically
+from embed_pipeline.defs.metadata import records_table
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import GENERAL_OOD, PipelineResource, TorchDeviceResource
 
@@ -80,13 +81,12 @@ def beir_report(
     seeds = pipeline.seed_queries()
     excluded: list[str] = []
     if pipeline.eval_beir_dir:
-        real_queries, real_qrels = load_beir_queries(pipeline.eval_beir_dir)
-        judgments = judgment_coverage(pipeline.eval_beir_dir, real_qrels, set(chunked_corpus["doc_id"]))
+        judgments = judgment_coverage(
+            pipeline.eval_beir_dir, load_beir_queries(pipeline.eval_beir_dir)[1], set(chunked_corpus["doc_id"])
+        )
         if note := judgments_note(judgments):
             context.log.warning(note)
-        # Seed queries shaped the training queries: scoring them would flatter the model.
-        real_queries, excluded = without_seeds(real_queries, seeds)
-        real_qrels = {q: rel for q, rel in real_qrels.items() if q in real_queries}
+        real_queries, real_qrels, excluded = real_query_set(pipeline.eval_beir_dir, seeds)
         if excluded:
             context.log.info(f"{len(excluded)} real queries are also seed queries (query_examples): not scored")
         query_sets[REAL] = (real_queries, real_qrels, True)
@@ -169,8 +169,24 @@ def beir_report(
         "plot": dg.MetadataValue.md(
             "\n\n".join(
                 metric_bars_markdown(entry["systems"], HEADLINE_METRICS, name)
+                + "\n\n"
+                + delta_bars_markdown(entry["fine_tuned_minus_base"], name)
                 for name, entry in report["query_sets"].items()
             )
+        ),
+        "fine_tuned_minus_base": records_table(
+            [
+                {
+                    "query_set": name,
+                    "metric": metric,
+                    "delta": c["delta"],
+                    "ci95_low": c["ci95"][0] if c["ci95"] else None,
+                    "ci95_high": c["ci95"][1] if c["ci95"] else None,
+                    "wilcoxon_p": c["wilcoxon_p"],
+                }
+                for name, entry in report["query_sets"].items()
+                for metric, c in entry["fine_tuned_minus_base"].items()
+            ]
         ),
         **headline,
         "query_realism": dg.MetadataValue.md(

@@ -14,7 +14,7 @@ from embed_pipeline.core.document_pairs import with_document_pairs
 from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import fusion_on_validation
 from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
-from embed_pipeline.core.plots import histogram_markdown
+from embed_pipeline.core.plots import histogram_markdown, training_curves_markdown
 from embed_pipeline.core.teachers import DEFAULT_BM25_WEIGHT, hybrid_teacher_scores, llm_teacher_scores
 from embed_pipeline.core.training import (
     checkpoint_key,
@@ -24,6 +24,7 @@ from embed_pipeline.core.training import (
     validation_set,
 )
 from embed_pipeline.defs.checks import ROWS_CHECK, check_result, data_check
+from embed_pipeline.defs.metadata import count_table, frame_metadata, records_table
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 
@@ -57,9 +58,10 @@ def hard_negatives(
     negative_scores = [s for scores in mined["negative_scores"] for s in scores]
     context.add_output_metadata(
         {
+            **frame_metadata(mined),
             "pairs": len(mined),
-            "questions_by_source": dg.MetadataValue.json(
-                mined.drop_duplicates("question_id")["source"].value_counts().to_dict()
+            "questions_by_source": count_table(
+                mined.drop_duplicates("question_id")["source"].value_counts().to_dict(), "source", "questions"
             ),
             "questions": int(mined["question_id"].nunique()),
             "pairs_short_of_negatives": rows_short_of_negatives(mined, config.num_mined),
@@ -101,7 +103,12 @@ def teacher_scores(
         elif weight is None:
             fusion = fusion_on_validation(model, validation.queries, validation.corpus, validation.relevant)
             weight, teacher["bm25_weight_from"] = fusion["bm25_weight"], "validation questions"
-            teacher["ndcg@10_by_bm25_weight"] = dg.MetadataValue.json(fusion["validation_ndcg@10_by_weight"])
+            teacher["ndcg@10_by_bm25_weight"] = records_table(
+                [
+                    {"bm25_weight": float(w), "validation_ndcg@10": score}
+                    for w, score in fusion["validation_ndcg@10_by_weight"].items()
+                ]
+            )
         mined = hybrid_teacher_scores(mined, chunked_corpus, model, weight)
         teacher["bm25_weight"] = weight
     elif config.teacher == "cross_encoder":
@@ -123,7 +130,12 @@ def teacher_scores(
             mined, calls = llm_teacher_scores(mined, chunked_corpus, config.llm_settings(), llm_cache)
         teacher.update({"teacher_model": config.teacher_model, **{k: v for k, v in calls.items() if v is not None}})
     context.add_output_metadata(
-        {**teacher, **_margin_metadata(mined), "seconds": round(time.perf_counter() - started, 1)}
+        {
+            **frame_metadata(mined),
+            **teacher,
+            **_margin_metadata(mined),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
     )
     return mined
 
@@ -164,8 +176,9 @@ def training_set(
     yield dg.Output(
         rows,
         metadata={
+            **frame_metadata(rows),
             "rows": len(rows),
-            "rows_by_source": dg.MetadataValue.json(rows["source"].value_counts().to_dict()),
+            "rows_by_source": count_table(rows["source"].value_counts().to_dict(), "source", "rows"),
             "questions": int(rows["question_id"].nunique()),
             "left_out_short_of_negatives": rows_short_of_negatives(teacher_scores, config.num_negatives),
         },
@@ -239,19 +252,26 @@ def finetuned_model(
                 if fusion
             },
             "model_path": dg.MetadataValue.path(stats["path"]),
-            "loss_curve": dg.MetadataValue.json(stats["loss_curve"]),
-            "validation_curve": dg.MetadataValue.json(stats["validation_curve"]),
-            **({"grid": dg.MetadataValue.md(_grid_table(stats["grid"]))} if stats.get("grid") else {}),
+            "loss_curve": records_table(stats["loss_curve"]),
+            "validation_curve": records_table(stats["validation_curve"]),
+            "training_curves": dg.MetadataValue.md(
+                training_curves_markdown(stats["loss_curve"], stats["validation_curve"])
+            ),
+            **({"grid": records_table(_grid_rows(stats["grid"]))} if stats.get("grid") else {}),
         }
     )
     return stats
 
 
-def _grid_table(grid: list[dict]) -> str:
-    """The schedules tried and their validation nDCG@10, as a Markdown table."""
+def _grid_rows(grid: list[dict]) -> list[dict]:
+    """The schedules tried, each with every searched key (blank where a point left it), its validation nDCG@10
+    and whether it was kept."""
     keys = sorted({k for point in grid for k in point} - {"validation_ndcg@10", "kept"})
-    lines = ["| " + " | ".join([*keys, "validation nDCG@10", "kept"]) + " |", "|" + "---|" * (len(keys) + 2)]
-    for point in grid:
-        cells = [str(point.get(k, "")) for k in keys] + [str(point["validation_ndcg@10"]), "✓" if point["kept"] else ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return [
+        {
+            **{k: point.get(k, "") for k in keys},
+            "validation_ndcg@10": point["validation_ndcg@10"],
+            "kept": point["kept"],
+        }
+        for point in grid
+    ]

@@ -16,6 +16,7 @@ from embed_pipeline.core.realism import query_realism, realism_figures, realism_
 from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
 from embed_pipeline.defs.checks import QUESTIONS_CHECK, SPLITS_CHECK, check_result, data_check
+from embed_pipeline.defs.metadata import count_table, frame_metadata, records_table
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
@@ -108,19 +109,23 @@ def synthetic_qa(
     yield dg.Output(
         kept,
         metadata={
+            **frame_metadata(kept),
             **{k: v for k, v in stats.items() if not isinstance(v, dict) and v is not None},
-            "forms": dg.MetadataValue.md(forms.rename_axis("form").to_markdown()),
-            "form_mix": dg.MetadataValue.json(stats["form_mix"]),
+            "forms": records_table(forms.rename_axis("form").reset_index().to_dict("records")),
+            "form_mix": count_table(stats["form_mix"], "form", "share"),
             "realism": dg.MetadataValue.md(realism_markdown(realism)),
             "realism_histograms": dg.MetadataValue.md(realism_histograms_markdown(realism["profiles"])),
             "seed_queries": dg.MetadataValue.md(
                 "\n".join(f"- {s.text} ({s.form})" for s in seeds) if seeds else "none (query_examples not set)"
             ),
             "removed_by_overlap": int(removed.get("overlap", 0)),
-            "rejection_reasons": dg.MetadataValue.json(stats["rejection_reasons"]),
-            "reasoning_types": dg.MetadataValue.json(kept["reasoning_type"].value_counts().to_dict()),
-            "complexity_histogram": dg.MetadataValue.json(
-                {int(k): int(v) for k, v in kept["complexity"].value_counts().sort_index().items()}
+            "rejection_reasons": count_table(stats["rejection_reasons"], "reason", "answers"),
+            "reasoning_types": count_table(kept["reasoning_type"].value_counts().to_dict(), "reasoning", "questions"),
+            "complexity_histogram": records_table(
+                [
+                    {"complexity": int(k), "questions": int(v)}
+                    for k, v in kept["complexity"].value_counts().sort_index().items()
+                ]
             ),
             "removed_by_complexity": int(removed.get("complexity", 0)),
             "removed_by_roundtrip": int(removed.get("roundtrip", 0)),
@@ -162,6 +167,8 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_
     yield dg.Output(
         split,
         metadata={
+            **frame_metadata(split),
+            "by_split": records_table(counts.rename_axis("split").reset_index().to_dict("records")),
             "train_questions": int(counts.loc["train", "questions"]),
             "test_questions": int(counts.loc["test", "questions"]),
             "validation_questions": int(counts["questions"].get("validation", 0)),
