@@ -28,6 +28,7 @@ from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import fusion_on_validation, load_beir_queries
 from embed_pipeline.core.mining import mine_negatives, unroll_training_rows
 from embed_pipeline.core.report import SYNTHETIC, evaluate_systems, synthetic_test_set
+from embed_pipeline.core.settings import TrainingSettings
 from embed_pipeline.core.teachers import hybrid_teacher_scores
 from embed_pipeline.core.training import finetune, validation_set
 
@@ -63,12 +64,14 @@ def main() -> None:
             rows,
             base,
             folder,
-            epochs=v.get("epochs", 1),
-            learning_rate=v.get("lr", 1e-5),
-            temperature=v.get("temp", 0.02),
-            batch_size=v.get("batch", 32),
-            loss=v.get("loss", "mnrl"),
-            margin_weight=v.get("mw", 1.0),
+            TrainingSettings(
+                epochs=v.get("epochs", 1),
+                learning_rate=v.get("lr", 1e-5),
+                temperature=v.get("temp", 0.02),
+                batch_size=v.get("batch", 32),
+                loss=v.get("loss", "mnrl"),
+                margin_weight=v.get("mw", 1.0),
+            ),
             validation=validation,
             embeddings_caches=(out / "base_cache", cache),
         )

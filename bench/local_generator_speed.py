@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import BASELINE_COMMIT, baseline_generation, remove_worktree  # noqa: E402
 from generator_models import GENERATORS, generator_model  # noqa: E402
 
-from embed_pipeline.config import ChunkingConfig  # noqa: E402
 from embed_pipeline.core.chunking import chunk_documents  # noqa: E402
 from embed_pipeline.core.device import base_model_path  # noqa: E402
 from embed_pipeline.core.documents import load_documents  # noqa: E402
@@ -58,9 +57,7 @@ def main() -> None:
     parser.add_argument("--skip-before", action="store_true", help="Measure this checkout only.")
     args = parser.parse_args()
     documents = load_documents(SAMPLE_CORPUS / "corpus.jsonl").documents
-    chunks = chunk_documents(
-        documents, AutoTokenizer.from_pretrained(base_model_path(None)), **ChunkingConfig().model_dump()
-    )
+    chunks = chunk_documents(documents, AutoTokenizer.from_pretrained(base_model_path(None)))
     runtimes = ["transformers"] + (["llama_cpp"] if llama_cpp_available() else [])
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     rows = []

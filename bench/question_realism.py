@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import BASELINE_COMMIT, baseline_generation, remove_worktree  # noqa: E402
 from generator_models import GENERATORS, generator_model  # noqa: E402
 
-from embed_pipeline.config import ChunkingConfig  # noqa: E402
 from embed_pipeline.core.chunking import chunk_documents  # noqa: E402
 from embed_pipeline.core.device import base_model_path  # noqa: E402
 from embed_pipeline.core.documents import load_documents  # noqa: E402
@@ -65,7 +64,7 @@ def collection_chunks(name: str, tokenizer) -> pd.DataFrame:
             dst.writelines(line for line in src if json.loads(line)["_id"] in ids)
         corpus = subset
     documents = load_documents(corpus).documents
-    return chunk_documents(documents, tokenizer, **ChunkingConfig().model_dump())
+    return chunk_documents(documents, tokenizer)
 
 
 def real_queries(name: str) -> tuple[dict[str, str], dict[str, list[str]], dict[str, str]]:

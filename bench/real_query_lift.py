@@ -140,6 +140,7 @@ def run_variant(
         "DAGSTER_HOME": str(home),
     }
     log = work / collection / f"{name}.log"
+    code = commit()  # the code the run starts with (the tree may change while it runs)
     if reuse_log and log.is_file():  # a finished run, re-read (e.g. after a fix to this script)
         stdout = log.read_text()
         logged = re.search(r"^wall_s (\S+)$", stdout, re.M)
@@ -183,7 +184,7 @@ def run_variant(
         "gate_passed": report["gate"]["passed"],
         "wall_s": wall,
         "step_seconds": step_seconds(home, run_id),
-        "commit": commit(),
+        "commit": code,
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(command),
     }

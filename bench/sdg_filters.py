@@ -39,7 +39,7 @@ def generate(args: argparse.Namespace, data: Path, work: Path) -> dict:
     """The synthetic_qa asset's generation step with its default settings, timed, into its cache."""
     from transformers import AutoTokenizer
 
-    from embed_pipeline.config import ChunkingConfig, SyntheticQAConfig
+    from embed_pipeline.config import SyntheticQAConfig
     from embed_pipeline.core.chunking import chunk_documents
     from embed_pipeline.core.device import base_model_path
     from embed_pipeline.core.documents import load_documents
@@ -47,9 +47,7 @@ def generate(args: argparse.Namespace, data: Path, work: Path) -> dict:
     from embed_pipeline.core.sdg import generate_questions
 
     documents = load_documents(data / "corpus.jsonl").documents
-    chunks = chunk_documents(
-        documents, AutoTokenizer.from_pretrained(base_model_path(None)), **ChunkingConfig().model_dump()
-    )
+    chunks = chunk_documents(documents, AutoTokenizer.from_pretrained(base_model_path(None)))
     qa = SyntheticQAConfig(max_chunks=args.max_chunks, local_runtime=args.local_runtime)
     settings = qa.llm_settings()
     started = time.perf_counter()

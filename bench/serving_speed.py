@@ -102,7 +102,6 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from embed_pipeline.config import ChunkingConfig
     from embed_pipeline.core.report import REAL, evaluate_on_beir
 
     model_path = base_model_path(args.model)
@@ -137,7 +136,6 @@ def main() -> None:
         SAMPLE_CORPUS,
         {"fp32": str(fp32), "int8": str(int8)},
         AutoTokenizer.from_pretrained(model_path),
-        ChunkingConfig().model_dump(),
     )["query_sets"][REAL]["systems"]
     meta = {
         "command": "python " + " ".join(sys.argv),

@@ -30,6 +30,7 @@ import pandas as pd
 from embed_pipeline.core.device import base_model_path, resolve_device
 from embed_pipeline.core.evaluation import load_beir_queries
 from embed_pipeline.core.report import REAL, SYNTHETIC, evaluate_systems, synthetic_test_set
+from embed_pipeline.core.settings import TrainingSettings
 from embed_pipeline.core.training import finetune, validation_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +90,9 @@ def main() -> None:
     trained, runs = {}, []
     for i, setting in enumerate(grid):
         kept = rows_with_negatives(rows, setting.get("num_negatives"))
-        knobs = {k: v for k, v in setting.items() if k != "num_negatives"}
+        knobs = TrainingSettings(**{k: v for k, v in setting.items() if k != "num_negatives"})
         started = time.perf_counter()
-        stats = finetune(kept, base, args.work / f"model-{i}", device=device, validation=validation, **knobs)
+        stats = finetune(kept, base, args.work / f"model-{i}", knobs, device=device, validation=validation)
         best = max((p["ndcg@10"] for p in stats["validation_curve"]), default=None)
         runs.append(
             {

@@ -48,20 +48,6 @@ def _instance(out: Path):
     return dg.DagsterInstance.get()
 
 
-def _root_cause(error) -> str:
-    """The user's own exception message from Dagster's wrapped error chain."""
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
-
-
-def _caused_by_documents(error) -> bool:
-    """Whether a step failed on a DocumentError: bad input (exit code 2), not a pipeline failure."""
-    while error.cause is not None:
-        error = error.cause
-    return error.cls_name == "DocumentError"
-
-
 def _run_config(args: argparse.Namespace) -> dict:
     """Per-asset config: a YAML file ({asset: {field: value}}) overridden by command-line flags."""
     from embed_pipeline.config import asset_run_config, load_asset_settings
@@ -166,27 +152,14 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print(f"\nerror: invalid configuration: {exc}", file=sys.stderr)
         return 2
     from embed_pipeline.core.report import gate_summary, report_markdown
+    from embed_pipeline.definitions import run_outcome
 
-    failures = result.get_step_failure_events()
-    # The report's gates block the export by design (exit 3, the report printed); a failed data check on an
-    # earlier step stops the run like any other failure, named with its verdict.
-    gate_failed = [
-        e
-        for e in failures
-        if e.step_key == "beir_report" and e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
-    ]
-    if not result.success and not (gate_failed and len(gate_failed) == len(failures)):
-        failed_checks = {c.asset_key.to_user_string(): c for c in result.get_asset_check_evaluations() if not c.passed}
-        for event in failures:
-            check = failed_checks.get(event.step_key)
-            cause = (
-                f"data check {check.check_name} failed: {check.description}"
-                if check is not None and event.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
-                else _root_cause(event.step_failure_data.error)
-            )
-            print(f"\nerror in step {event.step_key}: {cause}", file=sys.stderr)
+    outcome = run_outcome(result)
+    if outcome.failures:
+        for step, cause in outcome.failures:
+            print(f"\nerror in step {step}: {cause}", file=sys.stderr)
         print(f"(full trace in the Dagster run log, DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
-        return 2 if all(_caused_by_documents(event.step_failure_data.error) for event in failures) else 1
+        return 2 if outcome.bad_documents else 1
     report = result.output_for_node("beir_report")
     print("\n" + report_markdown(report) + "\n")
     print(gate_summary(report["gate"]))
@@ -194,7 +167,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print(gate_summary(report["regression"]["gate"]))
     print(f"report JSON:     {report['report_json']}  (HTML: {report['report_html']})")
     print(f"fine-tuned model: {report['model_path']}")
-    if gate_failed:
+    if outcome.gates_failed:
         print(
             "ONNX model:      not built: a failed gate blocks the export (above). Inspect the report; to ship it "
             "anyway, raise beir_report.gate_tolerance or regression_tolerance.",
@@ -224,7 +197,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     if args.json:
         print(json.dumps(report))
-    return 3 if gate_failed else 0
+    return 3 if outcome.gates_failed else 0
 
 
 def _form_mix(text: str) -> dict[str, float]:
@@ -351,7 +324,6 @@ def evaluate(args: argparse.Namespace) -> int:
     with the pipeline's defaults, each document ranked by its best chunk, BM25 and the hybrid beside."""
     from transformers import AutoTokenizer
 
-    from embed_pipeline.config import ChunkingConfig
     from embed_pipeline.core.device import base_model_path, resolve_device
     from embed_pipeline.core.evaluation import judgments_note, saved_fusion
     from embed_pipeline.core.report import REAL, evaluate_on_beir, report_markdown
@@ -364,8 +336,7 @@ def evaluate(args: argparse.Namespace) -> int:
             args.beir,
             systems,
             AutoTokenizer.from_pretrained(base_model_path(None)),
-            ChunkingConfig().model_dump(),
-            args.split,
+            split=args.split,
             device=resolve_device(args.device),
             batch_size=args.batch_size,
             query_prompt=args.query_prompt,

@@ -1,323 +1,79 @@
-"""Every knob of the pipeline, with the published recipe's defaults, in one place.
-
-Each class configures one asset (Dagster launchpad and `embed-pipeline run` use the same classes);
-the README documents every field.
+"""The pipeline's settings as Dagster config: one class per asset, each a mirror of a frozen settings class of
+the core (`embed_pipeline.core.settings`, where every default and description is written once), so the
+launchpad, `embed-pipeline run --config` and the stage functions share them; the README documents every field.
 """
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
-from pydantic import Field, field_validator
 
-from embed_pipeline.core.document_pairs import PAIR_SOURCES
-from embed_pipeline.core.documents import MAX_DOCUMENT_CHARS
-from embed_pipeline.core.llm import DEFAULT_MODEL, LLMSettings
-from embed_pipeline.core.sdg import normalise_form_mix
-
-
-class DocumentsConfig(dg.Config):
-    on_error: Literal["raise", "skip"] = Field(
-        default="raise", description="Bad file: stop with an error naming it, or skip it and list the reason."
-    )
-    max_document_chars: int = Field(
-        default=MAX_DOCUMENT_CHARS,
-        gt=0,
-        description="Longest document text accepted, in characters; a longer one is a bad file (named; on_error "
-        "decides) rather than many minutes of chunking.",
-    )
+from embed_pipeline.core.settings import (
+    ChunkingSettings,
+    DocumentsSettings,
+    EvaluationSettings,
+    ExportSettings,
+    GenerationSettings,
+    Int8ExportSettings,
+    MiningSettings,
+    SplitSettings,
+    StageSettings,
+    TeacherSettings,
+    TensorRTSettings,
+    TrainingSettings,
+)
 
 
-class ChunkingConfig(dg.Config):
-    max_tokens: int = Field(default=256, description="Token budget per chunk (title included), base tokenizer.")
-    overlap_sentences: int = Field(default=1, description="Sentences shared by consecutive chunks.")
-    min_chars: int = Field(default=50, description="Drop shorter chunks (unless a document has only one).")
+class SettingsMirror:
+    """A Dagster config class that mirrors a core settings class (its fields, defaults, descriptions and
+    validators, inherited); `settings()` is the one conversion back."""
+
+    def settings(self) -> StageSettings:
+        mirrored = next(c for c in type(self).__mro__ if issubclass(c, StageSettings) and not issubclass(c, dg.Config))
+        return mirrored(**self.model_dump())
 
 
-class SyntheticQAConfig(dg.Config):
-    model: str = Field(default=DEFAULT_MODEL, description="litellm model string, e.g. openai/gpt-4o-mini.")
-    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
-    questions_per_chunk: int = Field(
-        default=1,
-        ge=1,
-        description="Queries asked per chunk; the samples of one chunk and form are one request (a local model "
-        "evaluates the prompt once for all of them).",
-    )
-    query_forms: dict[str, float] | None = Field(
-        default=None,
-        description="Mix of query forms, weights by form (question, keywords, claim, problem), e.g. "
-        "{keywords: 2, question: 1}. Empty: the seed queries' mix when query examples are given, else all four "
-        "equally.",
-    )
-    max_questions: int | None = Field(
-        default=None, ge=1, description="Budget: at most this many queries (chunks asked = this / questions_per_chunk)."
-    )
-    time_budget_s: float | None = Field(
-        default=None,
-        gt=0,
-        description="Budget: start no LLM call after this many seconds (the rest is asked by a later run).",
-    )
-    multihop_per_document: int = Field(
-        default=0,
-        description="Also ask this many 2-3-hop questions per document, over neighbouring chunks "
-        "(worth it with a capable hosted LLM; a 135M model rarely combines facts).",
-    )
-    max_chunks: int | None = Field(default=None, description="Budget: ask about at most this many chunks.")
-    prompt_style: Literal["auto", "fewshot", "json"] = Field(
-        default="auto",
-        description="fewshot: completion text for tiny local models; json: JSON-schema answers with reasoning "
-        "type and complexity (hosted/served models); auto: fewshot for local/ models, else json.",
-    )
-    local_runtime: Literal["auto", "transformers", "llama_cpp"] = Field(
-        default="auto",
-        description="Runtime of local/ models: llama_cpp (needs the llamacpp extra; loads in 1.5 s instead of 23 s, "
-        "less memory, same questions/s here) or transformers; auto takes llama.cpp when installed.",
-    )
-    temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
-    max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")
-    concurrency: int = Field(default=8, description="Parallel LLM calls (batched together for the local model).")
-    num_retries: int = Field(
-        default=3, description="Retries with backoff on rate limits, 5xx, timeouts and malformed responses."
-    )
-    timeout_s: float = Field(default=120.0, description="Timeout of one LLM call.")
-    backoff_s: float = Field(default=1.0, description="First retry delay; doubles each retry (with jitter).")
-    seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
-    roundtrip: Literal["bm25", "base", "either", "none"] = Field(
-        default="bm25",
-        description="Keep a question only if its source chunk ranks in the top k under this (either: BM25 or the "
-        "base model, so validation favours neither).",
-    )
-    roundtrip_top_k: int = Field(default=10, description="k of the round-trip filter.")
-    min_complexity: int = Field(
-        default=1,
-        ge=1,
-        le=5,
-        description="Drop questions below this complexity (1-5; stated by json-style models, estimated for "
-        "fewshot). The recipe uses 2 with capable models.",
-    )
-    max_overlap: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Drop queries sharing more than this share of their content words with their passage (the "
-        "most copy-like); empty: off.",
-    )
-    dedup_threshold: float | None = Field(
-        default=0.9, description="Drop a question this cosine-similar to an earlier one (base model); empty: off."
-    )
-
-    judge_model: str | None = Field(
-        default=None, description="litellm model string of an LLM judge; empty: no judge filter."
-    )
-    judge_api_base: str | None = Field(default=None, description="Base URL of the judge's server.")
-    judge_api_key_env: str | None = Field(default=None, description="Environment variable of the judge's key.")
-    judge_min_score: float = Field(default=7.0, description="Keep questions the judge scores overall >= this.")
-    min_questions: int = Field(
-        default=10, ge=1, description="Fewest questions kept for training to go on (blocking data check)."
-    )
-    min_parse_rate: float = Field(
-        default=0.25,
-        ge=0.0,
-        le=1.0,
-        description="Lowest share of the LLM's answers that parse into a query of the asked form (blocking check).",
-    )
-    max_llm_failure_rate: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="Highest share of LLM calls that may fail (blocking data check)."
-    )
-
-    @field_validator("query_forms")
-    @classmethod
-    def _known_forms(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
-        return None if mix is None else normalise_form_mix(mix)
-
-    def llm_settings(self) -> LLMSettings:
-        fields = LLMSettings.__dataclass_fields__
-        return LLMSettings(**{k: v for k, v in self.model_dump().items() if k in fields})
-
-    def judge_settings(self) -> LLMSettings | None:
-        if not self.judge_model:
-            return None
-        return replace(
-            self.llm_settings(),
-            model=self.judge_model,
-            api_base=self.judge_api_base,
-            api_key_env=self.judge_api_key_env,
-            temperature=0.0,
-            max_tokens=200,
-        )
+class DocumentsConfig(dg.Config, DocumentsSettings, SettingsMirror):
+    """`DocumentsSettings` in the launchpad and run config."""
 
 
-class SplitConfig(dg.Config):
-    test_fraction: float = Field(default=0.2, description="Share of documents whose questions are held out.")
-    validation_fraction: float = Field(
-        default=0.1, description="Share of the other documents whose questions pick the best checkpoint."
-    )
-    seed: int = Field(default=42, description="Seed of the document split.")
+class ChunkingConfig(dg.Config, ChunkingSettings, SettingsMirror):
+    """`ChunkingSettings` in the launchpad and run config."""
 
 
-class MiningConfig(dg.Config):
-    num_mined: int = Field(default=5, description="Hard negatives mined per question.")
-    relative_margin: float | None = Field(
-        default=0.05, description="Drop candidates scoring above (1 - margin) x the weakest positive."
-    )
-    absolute_margin: float | None = Field(default=None, description="Or drop those within this absolute margin.")
-    batch_size: int = Field(default=64, description="Encoding batch size.")
-    exclude_same_document: bool = Field(
-        default=True,
-        description="Never take another chunk of a positive's document as a negative (it often answers too).",
-    )
-    document_pairs: list[str] = Field(
-        default=[],
-        description="Also train on pairs the documents give without an LLM: title → body, heading → section, "
-        "cloze (a sentence → the rest of its chunk); from training documents only, mined like questions.",
-    )
-    document_pair_share: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="Share of the training queries that are document pairs (0.5: as many as LLM questions; "
-        "1: every pair the documents give).",
-    )
-
-    @field_validator("document_pairs")
-    @classmethod
-    def _known_sources(cls, sources: list[str]) -> list[str]:
-        unknown = sorted(set(sources) - set(PAIR_SOURCES))
-        if unknown:
-            raise ValueError(f"unknown document pair source(s) {unknown}: use {list(PAIR_SOURCES)}")
-        return sources
+class SyntheticQAConfig(dg.Config, GenerationSettings, SettingsMirror):
+    """`GenerationSettings` in the launchpad and run config."""
 
 
-class TeacherConfig(dg.Config):
-    teacher: Literal["none", "hybrid", "cross_encoder", "llm"] = Field(
-        default="none",
-        description="Score every mined (question, positive) and (question, negative) for margin-MSE "
-        "(finetuned_model.loss): hybrid fuses BM25 with the base model; cross_encoder trains one from the base "
-        "model on the synthetic pairs; llm: teacher_model grades relevance 0-3 (cached); none: no scores.",
-    )
-    bm25_weight: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="BM25's weight in the hybrid teacher; empty: chosen on the validation questions (0.5 without any).",
-    )
-    cross_encoder_epochs: int = Field(default=1, ge=1, description="Training epochs of the cross-encoder teacher.")
-    cross_encoder_learning_rate: float = Field(default=2e-5, gt=0, description="Its peak learning rate.")
-    teacher_model: str | None = Field(default=None, description="litellm model string of the llm teacher.")
-    teacher_api_base: str | None = Field(default=None, description="Base URL of the llm teacher's server.")
-    teacher_api_key_env: str | None = Field(default=None, description="Environment variable of its API key.")
-
-    def llm_settings(self) -> LLMSettings:
-        """How the llm teacher is reached; ValueError when none is configured."""
-        if not self.teacher_model:
-            raise ValueError("teacher_scores.teacher is llm but teacher_scores.teacher_model is empty: name a model")
-        return LLMSettings(
-            model=self.teacher_model,
-            api_base=self.teacher_api_base,
-            api_key_env=self.teacher_api_key_env,
-            max_tokens=20,
-        )
+class SplitConfig(dg.Config, SplitSettings, SettingsMirror):
+    """`SplitSettings` in the launchpad and run config."""
 
 
-class TrainingConfig(dg.Config):
-    num_negatives: int = Field(default=4, description="Hard negatives used per training row.")
-    epochs: int = Field(default=3, description="Training epochs.")
-    learning_rate: float = Field(default=1e-5, description="Peak learning rate.")
-    temperature: float = Field(default=0.02, description="InfoNCE temperature (loss scale = 1 / temperature).")
-    loss: Literal["mnrl", "margin_mse", "mnrl+margin_mse"] = Field(
-        default="mnrl",
-        description="mnrl: contrastive over in-batch and hard negatives; margin_mse: match the teacher's margins "
-        "(GPL; needs teacher_scores.teacher); mnrl+margin_mse: both.",
-    )
-    margin_weight: float = Field(default=1.0, gt=0, description="Weight of the margin-MSE term.")
-    warmup_steps: int = Field(default=5, description="Linear warm-up steps.")
-    batch_size: int | None = Field(
-        default=None, description="Empty: the recipe's rule, 128 from 2,000 rows, else max(16, min(64, n // 8))."
-    )
-    seed: int = Field(default=42, description="Training seed.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto",
-        description="auto: bf16 mixed precision where the GPU or CPU has native bf16 (AVX512-BF16, AMX), else fp32.",
-    )
-    attention_dropout: float | None = Field(
-        default=0.0,
-        description="Attention dropout while training; 0 allows the fused attention kernel (about 2x faster on "
-        "CPU). Empty: the model's own value (0.1 for MiniLM).",
-    )
-    matryoshka_dims: list[int] | None = Field(
-        default=None,
-        description="Also train truncated embeddings of these sizes (MatryoshkaLoss), e.g. [384, 256, 128, 64].",
-    )
-    grid: list[dict[str, float]] = Field(
-        default=[],
-        description="Schedules to try, e.g. [{learning_rate: 1e-5}, {learning_rate: 5e-5, temperature: 0.05}] "
-        "(keys: learning_rate, temperature, epochs, margin_weight); the one with the best validation nDCG@10 is "
-        "kept. Empty: train once with the settings above.",
-    )
-    validation_corpus_size: int = Field(
-        default=5000, description="Passages the validation questions are ranked among (their positives included)."
-    )
-    checkpoint_steps: int | None = Field(
-        default=None, description="Checkpoint (and validate) every this many steps; empty: every epoch."
-    )
+class MiningConfig(dg.Config, MiningSettings, SettingsMirror):
+    """`MiningSettings` in the launchpad and run config."""
 
 
-class EvaluationConfig(dg.Config):
-    top_k: int = Field(default=100, description="Passages retrieved per query.")
-    batch_size: int = Field(default=64, description="Encoding batch size.")
-    gate_metric: str = Field(
-        default="nDCG@10", description="Metric of the blocking gate (any report column, e.g. Recall@10, MRR@10)."
-    )
-    gate_tolerance: float = Field(
-        default=0.01,
-        ge=0,
-        description="The gate passes when fine-tuned >= base - tolerance (absolute); else the export is not built.",
-    )
-    gate_query_set: Literal["auto", "real_queries", "synthetic_test"] = Field(
-        default="auto", description="Queries the gate judges on; auto: the real ones when given, else synthetic."
-    )
-    regression_beir: str | None = Field(
-        default="bundled",
-        description="Out-of-domain BEIR folder the fine-tuned model must not get worse on (second blocking gate): "
-        "bundled (120 general-knowledge passages, 60 queries, shipped with the package), a folder, or empty: off.",
-    )
-    ignore_identical_ids: bool | None = Field(
-        default=None,
-        description="Ignore a retrieved document whose id is the query's id (BEIR's rule); empty: on when some "
-        "real query ids are also document ids (ArguAna).",
-    )
-    regression_tolerance: float = Field(
-        default=0.02, ge=0, description="The regression gate passes when fine-tuned >= base - this on gate_metric."
-    )
+class TeacherConfig(dg.Config, TeacherSettings, SettingsMirror):
+    """`TeacherSettings` in the launchpad and run config."""
 
 
-class ExportConfig(dg.Config):
-    opset: int = Field(default=17, description="ONNX opset.")
-    fuse: bool = Field(
-        default=True, description="Rewrite the graph with onnxruntime's fused transformer kernels (faster on CPU)."
-    )
-    min_cosine: float = Field(
-        default=0.9999, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
-    )
+class TrainingConfig(dg.Config, TrainingSettings, SettingsMirror):
+    """`TrainingSettings` in the launchpad and run config."""
 
 
-class Int8ExportConfig(dg.Config):
-    min_cosine: float = Field(
-        default=0.99, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
-    )
-    max_ndcg_drop: float = Field(
-        default=0.005, description="Largest nDCG@10 loss against the fp32 export on the test questions (asset check)."
-    )
+class EvaluationConfig(dg.Config, EvaluationSettings, SettingsMirror):
+    """`EvaluationSettings` in the launchpad and run config."""
 
 
-class TensorRTConfig(dg.Config):
-    fp16: bool = Field(default=True, description="Build the TensorRT engine in fp16 (fp32 when false).")
-    max_batch: int = Field(default=64, description="Largest batch the engine's shape profile covers.")
-    min_cosine: float = Field(
-        default=0.999, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
-    )
+class ExportConfig(dg.Config, ExportSettings, SettingsMirror):
+    """`ExportSettings` in the launchpad and run config."""
+
+
+class Int8ExportConfig(dg.Config, Int8ExportSettings, SettingsMirror):
+    """`Int8ExportSettings` in the launchpad and run config."""
+
+
+class TensorRTConfig(dg.Config, TensorRTSettings, SettingsMirror):
+    """`TensorRTSettings` in the launchpad and run config."""
 
 
 ASSET_CONFIGS: dict[str, type[dg.Config]] = {

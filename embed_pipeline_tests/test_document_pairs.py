@@ -6,6 +6,7 @@ from embed_pipeline.core.chunking import chunk_documents
 from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.document_pairs import document_pairs, positive_without_anchor, with_document_pairs
 from embed_pipeline.core.documents import load_documents
+from embed_pipeline.core.settings import ChunkingSettings
 
 GUIDE = """# Deploying the billing service
 
@@ -30,7 +31,9 @@ def chunks(tmp_path_factory):
         "It disappears within three days. Only one charge is ever settled.</p></body></html>"
     )
     documents = load_documents(folder).documents
-    return chunk_documents(documents, AutoTokenizer.from_pretrained(base_model_path(None)), max_tokens=64)
+    return chunk_documents(
+        documents, AutoTokenizer.from_pretrained(base_model_path(None)), ChunkingSettings(max_tokens=64)
+    )
 
 
 def test_markdown_and_html_headings_reach_the_chunks(chunks):

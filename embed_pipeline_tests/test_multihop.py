@@ -9,6 +9,7 @@ from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.llm import LLMSettings
 from embed_pipeline.core.mining import mine_negatives, unroll_training_rows
 from embed_pipeline.core.sdg import generate_questions, generation_jobs
+from embed_pipeline.core.settings import ChunkingSettings
 from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
 FILLER = [
@@ -35,7 +36,7 @@ def _corpus() -> pd.DataFrame:
 
 def test_multihop_question_has_every_supporting_chunk_as_a_positive_after_unrolling(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base_model_path(None))
-    chunks = chunk_documents(_corpus(), tokenizer, max_tokens=64, overlap_sentences=0)
+    chunks = chunk_documents(_corpus(), tokenizer, ChunkingSettings(max_tokens=64, overlap_sentences=0))
     trial_chunks = chunks[chunks["doc_id"] == "trial.md"]
     assert len(trial_chunks) >= 3
 
@@ -75,7 +76,7 @@ def test_multihop_question_has_every_supporting_chunk_as_a_positive_after_unroll
 
 def test_multihop_windows_are_stable_when_other_documents_are_added():
     tokenizer = AutoTokenizer.from_pretrained(base_model_path(None))
-    chunks = chunk_documents(_corpus(), tokenizer, max_tokens=64, overlap_sentences=0)
+    chunks = chunk_documents(_corpus(), tokenizer, ChunkingSettings(max_tokens=64, overlap_sentences=0))
     grown = pd.concat([chunks, chunks.assign(doc_id="copy.md", chunk_id=chunks["chunk_id"] + "-copy")])
 
     def windows(frame):

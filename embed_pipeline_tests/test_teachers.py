@@ -5,6 +5,7 @@ from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.mining import unroll_training_rows
+from embed_pipeline.core.settings import TrainingSettings
 from embed_pipeline.core.teachers import hybrid_teacher_scores
 from embed_pipeline.core.training import finetune
 
@@ -56,11 +57,7 @@ def test_teacher_margins_reach_the_loss_a_teacher_preferring_the_negative_revers
         rows,
         base_model_path(None),
         tmp_path / "m",
-        epochs=15,
-        batch_size=4,
-        learning_rate=2e-4,
-        loss="margin_mse",
-        warmup_steps=0,
+        TrainingSettings(epochs=15, batch_size=4, learning_rate=2e-4, loss="margin_mse", warmup_steps=0),
     )
     after_pos, after_neg = _cosines(tmp_path / "m", rows)
     assert (after_neg > after_pos).all()
@@ -69,7 +66,7 @@ def test_teacher_margins_reach_the_loss_a_teacher_preferring_the_negative_revers
 def test_margin_loss_without_teacher_scores_is_a_clear_error(tmp_path):
     rows = pd.DataFrame({"question_id": ["q"], "anchor": ["a"], "positive": ["p"], "negative_1": ["n"]})
     with pytest.raises(ValueError, match="needs teacher scores"):
-        finetune(rows, base_model_path(None), tmp_path / "m", loss="mnrl+margin_mse")
+        finetune(rows, base_model_path(None), tmp_path / "m", TrainingSettings(loss="mnrl+margin_mse"))
 
 
 def _mined_toy():

@@ -13,6 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.sampler import QuestionBatchSampler
+from embed_pipeline.core.settings import TrainingSettings
 from embed_pipeline.core.training import ValidationSet, batch_size_rule, finetune, finetune_on_grid
 
 
@@ -93,9 +94,7 @@ def test_matryoshka_checkpoint_encodes_at_every_dimension_and_validation_keeps_t
         _training_rows(),
         base_model_path(None),
         tmp_path / "model",
-        epochs=2,
-        batch_size=4,
-        matryoshka_dims=[384, 128, 32],
+        TrainingSettings(epochs=2, batch_size=4, matryoshka_dims=[384, 128, 32]),
         validation=_validation(),
     )
     assert stats["matryoshka_dims"] == [384, 128, 32] and stats["steps"] == 6
@@ -113,17 +112,18 @@ def test_matryoshka_checkpoint_encodes_at_every_dimension_and_validation_keeps_t
 
 def test_bad_matryoshka_dimension_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"matryoshka_dims \[512\]"):
-        finetune(_training_rows(), base_model_path(None), tmp_path / "m", matryoshka_dims=[512, 128])
+        finetune(_training_rows(), base_model_path(None), tmp_path / "m", TrainingSettings(matryoshka_dims=[512, 128]))
 
 
 _KILLED_TRAINING = """
 import sys
 from pathlib import Path
 from embed_pipeline.core.device import base_model_path
+from embed_pipeline.core.settings import TrainingSettings
 from embed_pipeline.core.training import finetune
 from embed_pipeline_tests.test_training import _training_rows
-finetune(_training_rows(), base_model_path(None), Path(sys.argv[1]), epochs=4, batch_size=4,
-         checkpoint_dir=Path(sys.argv[2]), checkpoint_steps=1)
+finetune(_training_rows(), base_model_path(None), Path(sys.argv[1]),
+         TrainingSettings(epochs=4, batch_size=4, checkpoint_steps=1), checkpoint_dir=Path(sys.argv[2]))
 """
 
 
@@ -147,10 +147,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         _training_rows(),
         base_model_path(None),
         tmp_path / "b",
-        epochs=4,
-        batch_size=4,
+        TrainingSettings(epochs=4, batch_size=4, checkpoint_steps=1),
         checkpoint_dir=checkpoints,
-        checkpoint_steps=1,
         on_checkpoint=lambda folder: published.append((folder.name, (folder / "trainer_state.json").is_file())),
     )
     assert stats["resumed_from_step"] == saved[-1] >= 3 and stats["steps"] == 12
@@ -163,8 +161,7 @@ def test_prompts_reach_training_and_are_saved_with_the_model(tmp_path):
         _training_rows().head(8),
         base_model_path(None),
         tmp_path / "model",
-        epochs=1,
-        batch_size=4,
+        TrainingSettings(epochs=1, batch_size=4),
         query_prompt="query: ",
         passage_prompt="passage: ",
     )
@@ -180,10 +177,8 @@ def test_schedule_grid_keeps_the_setting_that_validates_better(tmp_path):
         _training_rows(),
         base_model_path(None),
         tmp_path / "model",
-        grid=[{"learning_rate": 0.05}, {"learning_rate": 1e-5}],
+        TrainingSettings(grid=[{"learning_rate": 0.05}, {"learning_rate": 1e-5}], epochs=1, batch_size=4),
         validation=_validation(),
-        epochs=1,
-        batch_size=4,
     )
     wrecked, gentle = stats["grid"]
     assert wrecked["validation_ndcg@10"] < gentle["validation_ndcg@10"]
@@ -191,4 +186,10 @@ def test_schedule_grid_keeps_the_setting_that_validates_better(tmp_path):
     assert (tmp_path / "model" / "model.safetensors").is_file() and not list(tmp_path.glob("model.grid-*"))
     assert json.loads((tmp_path / "model" / "fusion.json").read_text())["validation_questions"] == 4
     with pytest.raises(ValueError, match=r"grid keys \['batch_size'\]"):
-        finetune_on_grid(_training_rows(), base_model_path(None), tmp_path / "m2", [{"batch_size": 8}], _validation())
+        finetune_on_grid(
+            _training_rows(),
+            base_model_path(None),
+            tmp_path / "m2",
+            TrainingSettings(grid=[{"batch_size": 8}]),
+            validation=_validation(),
+        )

@@ -7,7 +7,7 @@ sentence is only cut (by tokens) when it alone exceeds the budget.
 Example::
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    chunks = chunk_documents(load_documents("docs/").documents, tok, max_tokens=256)
+    chunks = chunk_documents(load_documents("docs/").documents, tok, ChunkingSettings(max_tokens=256))
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from embed_pipeline.core.settings import ChunkingSettings
 
 __all__ = ["CHUNK_COLUMNS", "chunk_documents", "content_hash"]
 
@@ -49,11 +51,7 @@ def content_hash(text: str) -> str:
 
 
 def chunk_documents(
-    documents: pd.DataFrame,
-    tokenizer: Any,
-    max_tokens: int = 256,
-    overlap_sentences: int = 1,
-    min_chars: int = 50,
+    documents: pd.DataFrame, tokenizer: Any, settings: ChunkingSettings = ChunkingSettings()
 ) -> pd.DataFrame:
     """Split each document (``doc_id``, ``title``, ``text``) into chunks of whole sentences.
 
@@ -67,9 +65,8 @@ def chunk_documents(
     missing = {"doc_id", "title", "text"} - set(documents.columns)
     if missing:
         raise ValueError(f"documents is missing column(s) {sorted(missing)}")
-    if overlap_sentences < 0 or min_chars < 0:
-        raise ValueError("overlap_sentences and min_chars must be >= 0")
-    chunker = _Chunker(tokenizer, max_tokens, overlap_sentences)
+    max_tokens, min_chars = settings.max_tokens, settings.min_chars
+    chunker = _Chunker(tokenizer, max_tokens, settings.overlap_sentences)
 
     rows: list[dict[str, Any]] = []
     for doc_id, title, text in tqdm(

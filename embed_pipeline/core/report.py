@@ -27,6 +27,7 @@ from embed_pipeline.core.evaluation import (
     score_fusion,
 )
 from embed_pipeline.core.realism import realism_markdown
+from embed_pipeline.core.settings import ChunkingSettings
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,12 @@ def largest_losses(
 
 
 def evaluate_on_beir(
-    beir_dir: str | Path, models: dict[str, str], tokenizer, chunking: dict, split: str = "test", **options
+    beir_dir: str | Path,
+    models: dict[str, str],
+    tokenizer,
+    chunking: ChunkingSettings = ChunkingSettings(),
+    split: str = "test",
+    **options,
 ):
     """Score `models` on a BEIR folder the way real queries are scored in the pipeline: its documents
     chunked (`chunk_documents` with `tokenizer` and the `chunking` settings), each document ranked by its
@@ -237,7 +243,7 @@ def evaluate_on_beir(
     queries, qrels = load_beir_queries(beir_dir, split)
     documents = load_documents(corpus).documents
     coverage = judgment_coverage(beir_dir, qrels, set(documents["doc_id"]), split)
-    chunks = chunk_documents(documents, tokenizer, **chunking)
+    chunks = chunk_documents(documents, tokenizer, chunking)
     report = evaluate_systems(chunks, {REAL: (queries, qrels, True)}, models, **options)
     report["query_sets"][REAL]["judgments"] = coverage
     report["beir"], report["split"] = str(Path(beir_dir).resolve()), split

@@ -6,20 +6,17 @@ import random
 
 import pandas as pd
 
+from embed_pipeline.core.settings import SplitSettings
 
-def split_by_document(
-    questions: pd.DataFrame, test_fraction: float = 0.2, seed: int = 42, validation_fraction: float = 0.0
-) -> pd.DataFrame:
+
+def split_by_document(questions: pd.DataFrame, settings: SplitSettings = SplitSettings()) -> pd.DataFrame:
     """Assign each document (and so all its questions) to train, validation or test; adds a `split` column.
 
-    Test documents are drawn first (the same ones whatever `validation_fraction`), then validation
-    documents from the rest (`validation_fraction` of them, rounded; none when that leaves no training
-    document). Validation picks the best training checkpoint; test is only scored in the report.
+    Test documents are drawn first (the same ones whatever the validation fraction), then validation
+    documents from the rest (that fraction of them, rounded; none when that leaves no training document).
+    Validation picks the best training checkpoint; test is only scored in the report.
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    if not 0 <= validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    test_fraction, validation_fraction = settings.test_fraction, settings.validation_fraction
     docs = sorted(questions["doc_id"].unique())
     if len(docs) < 2:
         raise ValueError(
@@ -27,7 +24,7 @@ def split_by_document(
             "add documents or raise the number of chunks asked (max_chunks)."
         )
     n_test = min(len(docs) - 1, max(1, round(len(docs) * test_fraction)))
-    rng = random.Random(seed)
+    rng = random.Random(settings.seed)
     test_docs = set(rng.sample(docs, n_test))
     rest = [d for d in docs if d not in test_docs]
     n_validation = min(len(rest) - 1, round(len(rest) * validation_fraction))

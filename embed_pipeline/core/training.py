@@ -17,6 +17,7 @@ import pandas as pd
 
 from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import FUSION_FILE, fusion_on_validation
+from embed_pipeline.core.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,29 +141,20 @@ def finetune(
     rows: pd.DataFrame,
     base_model: str,
     output_dir: str | Path,
+    settings: TrainingSettings = TrainingSettings(),
+    *,
     device: str = "cpu",
-    epochs: int = 3,
-    learning_rate: float = 1e-5,
-    temperature: float = 0.02,
-    warmup_steps: int = 5,
-    batch_size: int | None = None,
-    seed: int = 42,
-    precision: str = "auto",
-    attention_dropout: float | None = 0.0,
-    matryoshka_dims: list[int] | None = None,
     validation: ValidationSet | None = None,
     checkpoint_dir: str | Path | None = None,
-    checkpoint_steps: int | None = None,
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
-    loss: str = "mnrl",
-    margin_weight: float = 1.0,
     embeddings_caches: tuple[str | Path, str | Path] | None = None,
 ) -> dict:
     """Train with MultipleNegativesRankingLoss (scale = 1 / temperature) over anchor, positive and hard
     negatives (wrapped in MatryoshkaLoss when `matryoshka_dims` is given), and save a standard
-    sentence-transformers folder (safetensors) to `output_dir`.
+    sentence-transformers folder (safetensors) to `output_dir`. The schedule and objective come from
+    `settings` (its `grid` is `finetune_on_grid`'s).
 
     `rows` has question_id, anchor, positive and negative_1..k columns (the unrolled training set);
     batches come from `QuestionBatchSampler`, so no question meets its own positives as negatives.
@@ -188,6 +180,17 @@ def finetune(
     from embed_pipeline.core.model_card import append_section, training_section
     from embed_pipeline.core.sampler import QuestionBatchSampler
 
+    epochs, learning_rate, temperature, loss = (
+        settings.epochs,
+        settings.learning_rate,
+        settings.temperature,
+        settings.loss,
+    )
+    margin_weight, matryoshka_dims, attention_dropout = (
+        settings.margin_weight,
+        settings.matryoshka_dims,
+        settings.attention_dropout,
+    )
     negative_columns = [c for c in rows.columns if c.startswith("negative_")]
     text_columns = ["anchor", "positive", *negative_columns]
     if len(rows) == 0:
@@ -214,9 +217,9 @@ def finetune(
     bad_dims = [d for d in matryoshka_dims or [] if not 0 < d <= dimension]
     if bad_dims:
         raise ValueError(f"matryoshka_dims {bad_dims} outside 1..{dimension} (the model's dimension)")
-    batch = batch_size or batch_size_rule(len(rows))
+    batch = settings.batch_size or batch_size_rule(len(rows))
     steps_per_epoch = math.ceil(len(rows) / batch)
-    every = checkpoint_steps or steps_per_epoch
+    every = settings.checkpoint_steps or steps_per_epoch
     evaluator = None
     if validation is not None:
         evaluator = InformationRetrievalEvaluator(
@@ -244,7 +247,7 @@ def finetune(
         num_train_epochs=epochs,
         per_device_train_batch_size=batch,
         learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
+        warmup_steps=settings.warmup_steps,
         batch_sampler=partial(
             QuestionBatchSampler,
             question_ids=rows["question_id"].tolist(),
@@ -262,9 +265,9 @@ def finetune(
         greater_is_better=True,
         logging_steps=max(1, math.ceil(steps_per_epoch * epochs / CURVE_POINTS)),
         report_to="none",
-        seed=seed,
+        seed=settings.seed,
         use_cpu=device == "cpu",
-        bf16=use_bf16(device, precision),
+        bf16=use_bf16(device, settings.precision),
         activation_checkpointing=device.startswith("cuda"),
     )
     objective = training_loss(model, loss, temperature, margin_weight)
@@ -360,21 +363,24 @@ def finetune_on_grid(
     rows: pd.DataFrame,
     base_model: str,
     output_dir: str | Path,
-    grid: list[dict],
-    validation: ValidationSet,
+    settings: TrainingSettings,
+    *,
+    validation: ValidationSet | None,
     checkpoint_dir: str | Path | None = None,
-    **settings,
+    embeddings_caches: tuple[str | Path, str | Path] | None = None,
+    **options,
 ) -> dict:
-    """Train once per grid point (settings overridden by its entries, keys in GRID_KEYS) and keep the model
-    with the best validation nDCG@10: the schedule is chosen on the synthetic validation questions, never on
-    test or real queries. Returns the kept run's statistics with `grid`: every point and its score."""
+    """Train once per point of `settings.grid` (settings overridden by its entries, keys in GRID_KEYS) and keep
+    the model with the best validation nDCG@10: the schedule is chosen on the synthetic validation questions,
+    never on test or real queries. `options` go to `finetune`. Returns the kept run's statistics with `grid`:
+    every point and its score."""
+    grid = settings.grid
     bad = sorted({key for point in grid for key in point} - set(GRID_KEYS))
     if bad:
         raise ValueError(f"grid keys {bad} cannot be searched: use {list(GRID_KEYS)}")
     if validation is None:
         raise ValueError("a schedule grid needs validation questions (qa_splits.validation_fraction above 0)")
     output_dir = Path(output_dir)
-    caches = settings.pop("embeddings_caches", None)
     tried = []
     for i, point in enumerate(grid):
         candidate = output_dir.with_name(f"{output_dir.name}.grid-{i}")
@@ -385,8 +391,10 @@ def finetune_on_grid(
             candidate,
             validation=validation,
             checkpoint_dir=Path(checkpoint_dir, f"grid-{i}") if checkpoint_dir else None,
-            embeddings_caches=(caches[0], None) if caches else None,  # the candidates' own vectors are not kept
-            **{**settings, **point},
+            # The base model's passage vectors are shared; the candidates' own are not kept.
+            embeddings_caches=(embeddings_caches[0], None) if embeddings_caches else None,
+            **options,
+            settings=type(settings)(**{**settings.model_dump(), **point}),
         )
         tried.append((validation_score(stats), i, stats))
         log.info("grid point %s: validation nDCG@10 %s", point, tried[-1][0])

@@ -65,13 +65,7 @@ def chunked_corpus(
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(pipeline.base_model_path())
-    chunks = chunk_documents(
-        raw_documents,
-        tokenizer,
-        max_tokens=config.max_tokens,
-        overlap_sentences=config.overlap_sentences,
-        min_chars=config.min_chars,
-    )
+    chunks = chunk_documents(raw_documents, tokenizer, config.settings())
     yield dg.Output(
         chunks,
         metadata={

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from transformers import AutoTokenizer
 
-from embed_pipeline.config import ChunkingConfig, EvaluationConfig
+from embed_pipeline.config import EvaluationConfig
 from embed_pipeline.core.atomic import write_atomically
 from embed_pipeline.core.evaluation import METRIC_NAMES, judgment_coverage, judgments_note, load_beir_queries
 from embed_pipeline.core.html_report import report_html
@@ -33,6 +33,7 @@ from embed_pipeline.defs.resources import GENERAL_OOD, PipelineResource, TorchDe
 
 GATE_CHECK = "fine_tuned_not_worse_than_base"
 REGRESSION_CHECK = "no_out_of_domain_regression"
+REPORT_GATES = (GATE_CHECK, REGRESSION_CHECK)  # blocking: when one fails, no export is built
 
 
 @dg.asset(
@@ -131,7 +132,6 @@ def beir_report(
             folder,
             {"base": pipeline.base_model_path(), "fine-tuned": model_dir},
             AutoTokenizer.from_pretrained(pipeline.base_model_path()),
-            ChunkingConfig().model_dump(),
             device=compute.torch_device(),
             batch_size=config.batch_size,
             query_prompt=pipeline.query_prompt,

@@ -1,7 +1,6 @@
 """Hard negatives, teacher scores, training rows and the fine-tuned checkpoint (GPU pool)."""
 
 import time
-from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -201,7 +200,7 @@ def finetuned_model(
 ) -> dict:
     """Contrastive fine-tune (MNRL, temperature 0.02), best checkpoint on the validation questions, saved
     as a sentence-transformers folder; a killed run resumes from its last checkpoint."""
-    settings = config.model_dump(exclude={"num_negatives", "validation_corpus_size", "grid"})
+    settings = config.settings()
     validation = validation_set(
         validation_questions(qa_splits, pipeline.seed_forms()),
         chunked_corpus,
@@ -209,9 +208,7 @@ def finetuned_model(
         config.seed,
     )
     prompts = {"query_prompt": pipeline.query_prompt, "passage_prompt": pipeline.passage_prompt}
-    job = checkpoint_key(
-        training_set, {**settings, **prompts, "grid": config.grid, "base_model": pipeline.base_model_path()}
-    )
+    job = checkpoint_key(training_set, {**settings.model_dump(), **prompts, "base_model": pipeline.base_model_path()})
     store = pipeline.store()
     checkpoints = pipeline.version_artifacts(context.partition_key, "checkpoints", job)
     # On an object store: fetch the checkpoints another try of this job left, and upload new ones.
@@ -221,12 +218,13 @@ def finetuned_model(
         store.push(folder)
         store.prune(checkpoints)  # and drop those the trainer rotated out
 
-    train = partial(finetune_on_grid, grid=config.grid) if config.grid else finetune
+    train = finetune_on_grid if settings.grid else finetune
     output_dir = pipeline.version_artifacts(context.partition_key, "models", f"finetuned-{context.run_id[:8]}")
     stats = train(
         training_set,
-        base_model=pipeline.base_model_path(),
-        output_dir=output_dir,
+        pipeline.base_model_path(),
+        output_dir,
+        settings,
         embeddings_caches=(
             pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
             pipeline.embeddings_cache(context.partition_key, str(output_dir)),
@@ -237,7 +235,6 @@ def finetuned_model(
         query_prompt=pipeline.query_prompt,
         passage_prompt=pipeline.passage_prompt,
         on_checkpoint=publish_checkpoint if store.remote else None,
-        **settings,
     )
     stats["path"] = pipeline.publish(stats["path"])
     store.remove(checkpoints)  # the job is done: nothing left to resume

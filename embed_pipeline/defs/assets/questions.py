@@ -157,12 +157,7 @@ def synthetic_qa(
 )
 def qa_splits(context: dg.AssetExecutionContext, config: SplitConfig, synthetic_qa: pd.DataFrame):
     """Train/validation/test assignment by document: no document has questions on two sides."""
-    split = split_by_document(
-        synthetic_qa,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        validation_fraction=config.validation_fraction,
-    )
+    split = split_by_document(synthetic_qa, config.settings())
     counts = split.groupby("split").agg(questions=("question_id", "size"), documents=("doc_id", "nunique"))
     yield dg.Output(
         split,
