@@ -25,6 +25,7 @@ from embed_pipeline.core.evaluation import (
     retrieval_metrics,
     score_fusion,
 )
+from embed_pipeline.core.evaluation_stage import evaluate_and_gate, regression_folder
 from embed_pipeline.core.html_report import report_html
 from embed_pipeline.core.report import (
     HEADLINE_METRICS,
@@ -37,6 +38,7 @@ from embed_pipeline.core.report import (
     paired_comparison,
     report_markdown,
 )
+from embed_pipeline.core.settings import EvaluationSettings
 
 CORPUS = {
     "a.b/c:1": "Solar panels convert sunlight into electricity using photovoltaic cells.",
@@ -550,3 +552,13 @@ def test_cached_documents_encode_each_passage_once_and_survive_a_restart(model: 
     assert len(calls) == 2 and np.allclose(again, direct[::-1], atol=1e-5)
     results = dense_search(cached, list(CORPUS), texts, {"q": "How do solar cells make power?"})
     assert next(iter(results["q"])) == "a.b/c:1" and len(calls) == 2
+
+
+def test_evaluation_settings_that_cannot_work_are_refused_before_any_scoring(tmp_path) -> None:
+    assert regression_folder(EvaluationSettings(regression_beir=None)) is None
+    assert (regression_folder(EvaluationSettings()) / "corpus.jsonl").is_file()  # "bundled"
+    with pytest.raises(ValueError, match=r"regression_beir: .*nowhere has no corpus.jsonl"):
+        regression_folder(EvaluationSettings(regression_beir=str(tmp_path / "nowhere")))
+    empty = pd.DataFrame(columns=["chunk_id", "doc_id", "passage"])
+    with pytest.raises(ValueError, match="gate_metric 'nDCG@7' is not a reported metric"):
+        evaluate_and_gate(empty, empty, {"path": "unused"}, "unused", EvaluationSettings(gate_metric="nDCG@7"))

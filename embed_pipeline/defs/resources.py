@@ -17,7 +17,6 @@ from embed_pipeline.core.versions import KEY_PREFIX, corpus_version_key, snapsho
 
 VERSIONS_DIR = "versions"
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_data" / "scifact_sample"
-GENERAL_OOD = Path(__file__).resolve().parents[1] / "sample_data" / "general_ood"
 
 
 class PipelineResource(dg.ConfigurableResource):
