@@ -9,11 +9,9 @@ from embed_pipeline.config import SplitConfig, SyntheticQAConfig
 from embed_pipeline.core.data_checks import check_questions, check_splits
 from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import load_beir_queries
-from embed_pipeline.core.judge import judge_questions
 from embed_pipeline.core.plots import realism_histograms_markdown
-from embed_pipeline.core.question_filters import filter_questions
+from embed_pipeline.core.questions_stage import write_questions
 from embed_pipeline.core.realism import query_realism, realism_figures, realism_markdown
-from embed_pipeline.core.sdg import generate_questions
 from embed_pipeline.core.splits import split_by_document
 from embed_pipeline.defs.checks import QUESTIONS_CHECK, SPLITS_CHECK, check_result, data_check
 from embed_pipeline.defs.metadata import count_table, frame_metadata, records_table
@@ -44,59 +42,20 @@ def synthetic_qa(
     filtered; every response cached as it arrives. Metadata: counts per form, and the length, overlap and
     form distributions next to the seed and real queries'."""
     seeds = pipeline.seed_queries()
-    with pipeline.llm_cache(context.run_id) as llm_cache:  # generation and judge share it
-        result = generate_questions(
-            chunked_corpus,
-            config.llm_settings(),
-            cache_path=llm_cache,
-            questions_per_chunk=config.questions_per_chunk,
-            max_chunks=config.max_chunks,
-            seed=config.seed,
-            multihop_per_document=config.multihop_per_document,
-            prompt_style=config.prompt_style,
-            form_mix=config.query_forms,
-            query_examples=seeds,
-            max_questions=config.max_questions,
-            time_budget_s=config.time_budget_s,
-        )
-        stats = result.stats
-        if result.questions.empty:
-            raise ValueError(
-                f"The LLM {config.model!r} produced no usable question ({stats['rejection_reasons']}); "
-                "see the rejected examples in the logs and check the model settings."
-            )
-        for reason in sorted({r.split(":")[0] for r in result.rejected["reason"]}):
-            example = result.rejected[result.rejected["reason"].str.startswith(reason)].iloc[0]
-            context.log.info(f"Rejected ({reason}): {example['completion']!r}")
 
-        model = None
-        if config.roundtrip in ("base", "either") or config.dedup_threshold is not None:
-            # Questions, and the corpus once for roundtrip "base"/"either" (cached): CPU, outside the gpu pool.
-            cache = pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path())
-            model = CachedDocuments(pipeline.base_bi_encoder("cpu"), cache)  # the corpus, shared with mining
-        kept, dropped = filter_questions(
-            result.questions,
-            chunked_corpus,
-            model,
-            roundtrip=config.roundtrip,
-            roundtrip_top_k=config.roundtrip_top_k,
-            dedup_threshold=config.dedup_threshold,
-            min_complexity=config.min_complexity,
-            max_overlap=config.max_overlap,
+    def base_encoder() -> CachedDocuments:
+        # Questions, and the corpus once for roundtrip "base"/"either" (cached): CPU, outside the gpu pool.
+        cache = pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path())
+        return CachedDocuments(pipeline.base_bi_encoder("cpu"), cache)  # the corpus, shared with mining
+
+    with pipeline.llm_cache(context.run_id) as llm_cache:  # generation and judge share it
+        questions = write_questions(
+            chunked_corpus, config.settings(), llm_cache, seeds=seeds, base_encoder=base_encoder
         )
-        judge_stats: dict = {}
-        judge = config.judge_settings()
-        if judge is not None and not kept.empty:
-            kept, judged_out, judge_stats = judge_questions(
-                kept, chunked_corpus, judge, llm_cache, config.judge_min_score
-            )
-            dropped = pd.concat([dropped, judged_out], ignore_index=True)
-    removed = dropped["filter"].value_counts().to_dict()
-    if kept.empty:
-        raise ValueError(
-            f"All {len(result.questions)} generated questions were filtered out ({removed}); "
-            "loosen roundtrip_top_k / dedup_threshold / judge_min_score or use a stronger LLM."
-        )
+    for reason, completion in questions.rejected_examples.items():
+        context.log.info(f"Rejected ({reason}): {completion!r}")
+    kept, dropped, stats, judge_stats = questions.kept, questions.dropped, questions.stats, questions.judge_stats
+    removed = questions.removed
     real = load_beir_queries(pipeline.eval_beir_dir) if pipeline.eval_beir_dir else (None, None)
     realism = query_realism(kept, chunked_corpus, *real, seed_queries=[s.text for s in seeds])
     forms = (
