@@ -12,14 +12,8 @@ import onnxruntime as ort
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embed_pipeline.core.export import (
-    OnnxEncoder,
-    export_onnx,
-    parity,
-    quantize_int8,
-    record_recommendation,
-    tensorrt_options,
-)
+from embed_pipeline.core.export import export_onnx, parity, quantize_int8, record_recommendation
+from embed_pipeline.core.onnx_runtime import OnnxEncoder, tensorrt_options
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
 from embed_pipeline.serving.app import create_app
 

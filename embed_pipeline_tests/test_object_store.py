@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from embed_pipeline.cli import main
-from embed_pipeline.core.export import OnnxEncoder
+from embed_pipeline.core.onnx_runtime import OnnxEncoder
 from embed_pipeline.core.storage import COMPLETE_MARK, ArtifactStore, StorageError, shared_append_log
 from embed_pipeline.core.versions import corpus_version_key
 from embed_pipeline.definitions import materialize_version

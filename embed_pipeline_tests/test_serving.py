@@ -446,7 +446,7 @@ def test_a_long_input_is_cut_before_tokenizing_without_changing_its_vector(serve
 def test_a_full_queue_answers_503_with_retry_after_and_a_stuck_request_times_out(onnx_dir, monkeypatch):
     """The model is held busy: a queued request times out (503), one beyond the queue is refused at once (503
     with Retry-After), and the server serves normally once the model is free again."""
-    from embed_pipeline.core.export import OnnxEncoder
+    from embed_pipeline.core.onnx_runtime import OnnxEncoder
 
     release = threading.Event()
     embed = OnnxEncoder.embed
@@ -513,3 +513,29 @@ def test_the_server_answers_as_its_openapi_document_says(server):
             )
 
         conforms()
+
+
+_WITHOUT_TORCH = """
+import sys
+from fastapi.testclient import TestClient
+sys.modules["torch"] = None  # any import of torch (or of transformers, which imports it) now fails
+from embed_pipeline.serving.app import create_app
+client = TestClient(create_app(sys.argv[1]))
+vector = client.post("/v1/embeddings", json={"input": sys.argv[2]}).json()["data"][0]["embedding"]
+print(" ".join(f"{x:.6f}" for x in vector))
+print(sorted(m for m in ("torch", "transformers", "sentence_transformers") if sys.modules.get(m)))
+"""
+
+
+def test_the_server_runs_without_torch_and_serves_the_checkpoint_vectors(onnx_dir, reference):
+    """The server is onnxruntime and tokenizers only: it starts and serves in a process where torch cannot be
+    imported, with the checkpoint's vectors (the tokenizer library applied as transformers would)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, str(onnx_dir), TEXTS[1]], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    vector_line, loaded = done.stdout.strip().splitlines()[-2:]
+    vector = np.array([float(x) for x in vector_line.split()])
+    assert loaded == "[]"
+    assert float(vector @ reference[1]) > 0.9999

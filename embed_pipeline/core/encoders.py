@@ -92,7 +92,7 @@ def load_encoder(
     use their own recorded prompts unless prompts are given. `truncate_dim` keeps the first that many
     dimensions (Matryoshka), re-normalised; `endpoint_timeout_s` bounds each request to an endpoint."""
     from embed_pipeline.core.device import load_bi_encoder
-    from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder
+    from embed_pipeline.core.onnx_runtime import EXPORT_INFO, OnnxEncoder
 
     prompts = (query_prompt or "", passage_prompt or "")
     if model.startswith(("http://", "https://")):

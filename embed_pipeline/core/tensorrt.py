@@ -21,7 +21,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from embed_pipeline.core.atomic import staging_dir
-from embed_pipeline.core.export import EXPORT_INFO, OnnxEncoder, export_onnx
+from embed_pipeline.core.export import export_onnx
+from embed_pipeline.core.onnx_runtime import EXPORT_INFO, OnnxEncoder
 
 __all__ = ["build_tensorrt_engine", "tensorrt_unavailable_reason"]
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from embed_pipeline.core.export import OnnxEncoder
+from embed_pipeline.core.onnx_runtime import OnnxEncoder
 from embed_pipeline.serving.batching import DeadlineExceeded, DynamicBatcher, EncodeFailed, Overloaded
 from embed_pipeline.serving.limits import ServeLimits
 
