@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from embed_pipeline.serving.batching import DeadlineExceeded, DynamicBatcher, EncodeFailed, Overloaded
+from embed_pipeline.core.batching import DeadlineExceeded, DynamicBatcher, EncodeFailed, Overloaded
 
 
 def lengths(texts: list[str], options=None) -> tuple[np.ndarray]:
@@ -21,7 +21,7 @@ def test_a_failing_batch_fails_only_the_request_that_broke_it(caplog):
     batcher = DynamicBatcher(lengths, wait_ms=200)  # everyone lands in one batch
     requests = [["a" * i, "b" * (i + 1)] for i in range(1, 8)] + [["fine", "poison"]]
     with ThreadPoolExecutor(len(requests)) as pool:
-        futures = [pool.submit(batcher.encode, texts) for texts in requests]
+        futures = [pool.submit(batcher.run, texts) for texts in requests]
     for texts, future in zip(requests[:-1], futures[:-1], strict=True):
         assert future.result()[0].tolist() == [len(t) for t in texts]
     with pytest.raises(EncodeFailed, match="tokenizer choked"):
@@ -48,20 +48,20 @@ def test_a_full_queue_refuses_at_once_and_a_stale_request_times_out():
     gate = Gate()
     batcher = DynamicBatcher(gate, max_queued_texts=2, timeout_s=0.5)
     with ThreadPoolExecutor(2) as pool:
-        busy = pool.submit(batcher.encode, ["holds the model"])
+        busy = pool.submit(batcher.run, ["holds the model"])
         assert gate.entered.wait(5)
-        queued = pool.submit(batcher.encode, ["waits", "too"])
+        queued = pool.submit(batcher.run, ["waits", "too"])
         time.sleep(0.05)
         began = time.monotonic()
         with pytest.raises(Overloaded) as refused:
-            batcher.encode(["one too many"])
+            batcher.run(["one too many"])
         assert time.monotonic() - began < 0.1 and refused.value.retry_after_s >= 1
         with pytest.raises(DeadlineExceeded):
             queued.result()
         gate.release.set()
         with pytest.raises(DeadlineExceeded):  # answered after its deadline: the client was already told
             busy.result()
-    assert batcher.encode(["back to normal"])[0].tolist() == [14]
+    assert batcher.run(["back to normal"])[0].tolist() == [14]
     assert ["waits", "too"] not in gate.calls  # the expired request never reached the model
 
 
@@ -81,7 +81,7 @@ def test_a_short_request_is_not_stuck_behind_a_long_one():
     done: dict[str, float] = {}
 
     def run(name: str, texts: list[str]) -> np.ndarray:
-        vectors = batcher.encode(texts)[0]
+        vectors = batcher.run(texts)[0]
         done[name] = time.monotonic()
         return vectors
 

@@ -15,20 +15,19 @@ import hashlib
 import importlib.util
 import logging
 import os
-import queue
 import threading
-import time
 from collections import OrderedDict
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import litellm
+import numpy as np
 from litellm import CustomLLM
 from litellm.types.utils import Choices, Message, ModelResponse, Usage
 
+from embed_pipeline.core.batching import DynamicBatcher
 from embed_pipeline.core.llm import LOCAL_PROVIDER as PROVIDER
 from embed_pipeline.core.llm import LLMConfigError
 from embed_pipeline.core.training import use_bf16
@@ -39,6 +38,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPETITION_PENALTY = 1.1  # on tokens a sample already wrote (CTRL's penalty; llama.cpp's default)
 PREFIX_CACHE_ENTRIES = 16  # prompt prefixes whose key/value cache is kept (concurrent chunks interleave)
 BATCH_WAIT_S = 0.02  # how long a queued call waits for others to run with it
+CALL_TIMEOUT_S = 3600.0  # a call not answered by then fails (litellm retries it); only a stuck engine takes this long
 
 
 def smollm2_dir() -> Path:
@@ -113,7 +113,7 @@ class Generation:
     completion_tokens: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRequest:
     """`n` samples of one prompt: at most `max_new_tokens` each, ending at a stop string."""
 
@@ -122,7 +122,6 @@ class GenerationRequest:
     max_new_tokens: int
     temperature: float
     stop: tuple[str, ...]
-    future: Future = field(default_factory=Future)
 
 
 @dataclass
@@ -387,14 +386,15 @@ class _LlamaCppEngine:
 
 class LocalLLM(CustomLLM):
     """A litellm provider that runs GGUF models in process, with llama.cpp or transformers; one engine per
-    (runtime, file), loaded on first use. Calls from concurrent threads are queued; one worker per engine
-    gathers up to `max_batch` of them (waiting `BATCH_WAIT_S` for company) and runs them together."""
+    (runtime, file), loaded on first use. Calls from concurrent threads go through a `DynamicBatcher` per
+    engine, which runs up to `max_batch` prompts with the same sampling settings together (waiting
+    `BATCH_WAIT_S` for company); when a batch fails, each call is retried alone, so only a bad one fails."""
 
     def __init__(self) -> None:
         super().__init__()
         self.runtime: LocalRuntime = "auto"
         self._engines: dict[tuple[str, Path], _TransformersEngine | _LlamaCppEngine] = {}
-        self._queues: dict[tuple[str, Path], queue.Queue[GenerationRequest]] = {}
+        self._batchers: dict[tuple[str, Path], DynamicBatcher] = {}
         self._lock = threading.Lock()
 
     def engine(self, model: str) -> _TransformersEngine | _LlamaCppEngine:
@@ -407,28 +407,25 @@ class LocalLLM(CustomLLM):
         with self._lock:
             if key not in self._engines:
                 log.info("Loading the local model %s with %s", path.name, runtime)
-                self._engines[key] = (_LlamaCppEngine if runtime == "llama_cpp" else _TransformersEngine)(path)
-                self._queues[key] = queue.Queue()
-                worker = threading.Thread(target=self._serve, args=(key,), daemon=True, name=f"local-llm-{path.name}")
-                worker.start()
-        return key
+                engine = (_LlamaCppEngine if runtime == "llama_cpp" else _TransformersEngine)(path)
+                self._engines[key] = engine
 
-    def _serve(self, key: tuple[str, Path]) -> None:
-        engine, requests = self._engines[key], self._queues[key]
-        while True:
-            batch = [requests.get()]
-            deadline = time.monotonic() + BATCH_WAIT_S
-            while len(batch) < engine.max_batch:
-                try:
-                    batch.append(requests.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            try:
-                for request, result in zip(batch, engine.generate(batch), strict=True):
-                    request.future.set_result(result)
-            except Exception as exc:  # a failed batch fails each of its calls, never the worker
-                for request in batch:
-                    request.future.set_exception(exc)
+                def generate(prompts: list[str], sampling: tuple, engine=engine) -> tuple[np.ndarray]:
+                    generations = np.empty(len(prompts), dtype=object)  # one Generation per prompt
+                    generations[:] = engine.generate([GenerationRequest(prompt, *sampling) for prompt in prompts])
+                    return (generations,)
+
+                self._batchers[key] = DynamicBatcher(
+                    generate,
+                    cost=lambda prompt: 1,
+                    wait_ms=BATCH_WAIT_S * 1000,
+                    max_texts=engine.max_batch,
+                    max_tokens=engine.max_batch,
+                    max_queued_texts=1_000_000,  # callers are bounded by the generation's concurrency
+                    timeout_s=CALL_TIMEOUT_S,
+                    name=f"local-llm-{path.name}",
+                )
+        return key
 
     def completion(
         self,
@@ -447,15 +444,13 @@ class LocalLLM(CustomLLM):
     ) -> ModelResponse:
         key = self._load(f"{PROVIDER}/{model}")
         stop = optional_params.get("stop") or []
-        request = GenerationRequest(
-            prompt=self._engines[key].render(messages),
-            n=max(1, int(optional_params.get("n") or 1)),
-            max_new_tokens=int(optional_params.get("max_tokens") or 64),
-            temperature=float(optional_params.get("temperature") or 0.0),
-            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        sampling = (  # GenerationRequest's fields after the prompt: calls with equal ones are batched together
+            max(1, int(optional_params.get("n") or 1)),
+            int(optional_params.get("max_tokens") or 64),
+            float(optional_params.get("temperature") or 0.0),
+            (stop,) if isinstance(stop, str) else tuple(stop),
         )
-        self._queues[key].put(request)
-        result: Generation = request.future.result()
+        result: Generation = self._batchers[key].run([self._engines[key].render(messages)], sampling)[0][0]
         model_response.choices = [
             Choices(index=i, finish_reason="stop", message=Message(role="assistant", content=text))
             for i, text in enumerate(result.texts)

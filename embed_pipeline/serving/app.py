@@ -30,8 +30,8 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from embed_pipeline.core.batching import DeadlineExceeded, DynamicBatcher, EncodeFailed, Overloaded
 from embed_pipeline.core.onnx_runtime import OnnxEncoder
-from embed_pipeline.serving.batching import DeadlineExceeded, DynamicBatcher, EncodeFailed, Overloaded
 from embed_pipeline.serving.limits import ServeLimits
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ def create_app(
         max_queued_texts=limits.max_queued_texts,
         timeout_s=limits.request_timeout_s,
         on_batch=batch_texts.observe,
+        name="embedding-batcher",
     )
 
     def observe(path: str, status: int, seconds: float) -> None:
@@ -310,7 +311,7 @@ def create_app(
                     )
         # Truncation to `dimensions` and re-normalisation happen in the ONNX graph.
         try:
-            vectors, counts = batcher.encode(texts, options=(body.truncate == "START", body.dimensions))
+            vectors, counts = batcher.run(texts, options=(body.truncate == "START", body.dimensions))
         except Overloaded as exc:
             raise APIError(503, str(exc), code="overloaded", headers={"Retry-After": str(exc.retry_after_s)}) from None
         except DeadlineExceeded as exc:

@@ -1,9 +1,10 @@
-"""Dynamic batching for the server: concurrent requests' texts are encoded together, safely.
+"""Dynamic batching: texts that concurrent callers submit go through one model function together, safely. The
+server's embedding requests and the local LLM's prompts both run through it.
 
-A request thread submits its texts with its encoding options (truncation side, dimensions) and waits; one
-worker thread builds each model call from the requests waiting with the options of the oldest one, taking
-their texts in turns (one from each request, round robin) up to `max_texts` texts and `max_tokens`
-estimated tokens. A long request is thus encoded over several calls and a short one that arrives meanwhile
+A caller submits its texts with options (e.g. truncation side and dimensions; sampling settings) and waits;
+one worker thread builds each model call from the requests waiting with the options of the oldest one,
+taking their texts in turns (one from each request, round robin) up to `max_texts` texts and `max_tokens`
+estimated tokens. A long request is thus run over several calls and a short one that arrives meanwhile
 joins the next call instead of waiting for all of it. With `wait_ms` > 0 the worker also waits that long
 for more requests; with 0 (continuous batching) a lone request never waits.
 
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Returns row-aligned arrays (embeddings, token counts, ...): row i of each belongs to text i.
+# The model function: returns row-aligned arrays (embeddings, token counts, an object array of generations, ...),
+# row i of each belonging to text i.
 Encode = Callable[[list[str], Hashable], tuple[np.ndarray, ...]]
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,10 @@ class DynamicBatcher:
         max_queued_texts: int = 4096,
         timeout_s: float = 30.0,
         on_batch: Callable[[int], object] | None = None,
+        name: str = "batcher",
     ) -> None:
-        """`cost(text)` estimates a text's tokens (its share of the `max_tokens` budget of one call)."""
+        """`cost(text)` estimates a text's tokens (its share of the `max_tokens` budget of one call); `name` names
+        the worker thread."""
         self._encode, self._cost, self._wait = encode, cost, wait_ms / 1000
         self._max_texts, self._max_tokens, self._max_queued = max_texts, max_tokens, max_queued_texts
         self._timeout = timeout_s
@@ -83,17 +87,17 @@ class DynamicBatcher:
         self._pending: list[_Request] = []  # requests with texts not yet handed to the model, oldest first
         self._queued = 0  # texts in `_pending` not yet handed to the model
         self._seconds_per_text = 0.0  # recent model time per text (moving average), for Retry-After
-        threading.Thread(target=self._run, name="embedding-batcher", daemon=True).start()
+        threading.Thread(target=self._work, name=name, daemon=True).start()
 
-    def encode(self, texts: list[str], options: Hashable = None) -> tuple[np.ndarray, ...]:
-        """The encode function's arrays for `texts` (one row each) under `options` (passed on to it),
+    def run(self, texts: list[str], options: Hashable = None) -> tuple[np.ndarray, ...]:
+        """The model function's arrays for `texts` (one row each) under `options` (passed on to it),
         computed together with other waiting requests that have the same options. Raises `Overloaded`,
         `DeadlineExceeded` or `EncodeFailed`."""
         request = _Request(texts, options, [self._cost(t) for t in texts], time.monotonic() + self._timeout)
         with self._ready:
             if self._queued and self._queued + len(texts) > self._max_queued:
                 wait = math.ceil(max(1.0, self._queued * self._seconds_per_text))
-                raise Overloaded(f"{self._queued} texts are waiting to be embedded; retry in {wait} s.", wait)
+                raise Overloaded(f"{self._queued} texts are waiting to be processed; retry in {wait} s.", wait)
             self._pending.append(request)
             self._queued += len(texts)
             self._ready.notify()
@@ -114,7 +118,7 @@ class DynamicBatcher:
         request.error = error
         request.finished.set()
 
-    def _run(self) -> None:
+    def _work(self) -> None:
         while True:
             with self._ready:
                 while not self._pending:
@@ -189,7 +193,7 @@ class DynamicBatcher:
 
     def _finish_failed(self, request: _Request, exc: Exception) -> None:
         log.warning(
-            "an embedding request of %d input(s) failed and was refused: %s: %s",
+            "a request of %d input(s) failed and was refused: %s: %s",
             len(request.texts),
             type(exc).__name__,
             str(exc)[:200],
