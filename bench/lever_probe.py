@@ -28,7 +28,7 @@ from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import fusion_on_validation, load_beir_queries
 from embed_pipeline.core.mining import mine_negatives, unroll_training_rows
 from embed_pipeline.core.report import SYNTHETIC, evaluate_systems, synthetic_test_set
-from embed_pipeline.core.settings import TrainingSettings
+from embed_pipeline.core.settings import MiningSettings, TrainingSettings
 from embed_pipeline.core.teachers import hybrid_teacher_scores
 from embed_pipeline.core.training import finetune, validation_set
 
@@ -53,7 +53,7 @@ def main() -> None:
         key = json.dumps(pairs, sort_keys=True)
         if key not in mined_by_pairs:
             train = with_document_pairs(splits, chunks, pairs.get("sources", []), pairs.get("share", 0.5))
-            mined = mine_negatives(train, chunks, model, num_mined=5)
+            mined = mine_negatives(train, chunks, model, MiningSettings(num_mined=5))
             mined_by_pairs[key] = hybrid_teacher_scores(mined, chunks, model, fusion["bm25_weight"])
         rows = unroll_training_rows(mined_by_pairs[key], chunks, num_negatives=v.get("negs", 1))
         folder, cache = out / name, out / f"cache_{name}"

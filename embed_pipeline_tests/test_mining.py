@@ -9,6 +9,7 @@ from embed_pipeline.core.mining import (
     shared_negatives,
     unroll_training_rows,
 )
+from embed_pipeline.core.settings import MiningSettings
 
 QUESTION = "At what temperature does water boil at sea level?"
 PASSAGES = {
@@ -67,7 +68,7 @@ def test_margin_rule_drops_candidates_above_095_of_the_weakest_positive_and_mask
     questions = pd.DataFrame(
         {"question_id": ["q:1"], "question": [QUESTION], "positive_chunk_ids": [["pos/a.b:1", "pos/a.b:2"]]}
     )
-    mined = mine_negatives(questions, _chunks(), model, num_mined=5, relative_margin=0.05)
+    mined = mine_negatives(questions, _chunks(), model, MiningSettings(num_mined=5, relative_margin=0.05))
 
     q, docs = model.encode([QUESTION]), model.encode(list(PASSAGES.values()))
     score = dict(zip(PASSAGES, model.similarity(q, docs)[0].tolist(), strict=True))
@@ -89,7 +90,7 @@ def test_unrolling_gives_one_row_per_positive_and_leaves_out_rows_short_of_negat
     questions = pd.DataFrame(
         {"question_id": ["q:1"], "question": [QUESTION], "positive_chunk_ids": [["pos/a.b:1", "pos/a.b:2"]]}
     )
-    mined = mine_negatives(questions, _chunks(), model, num_mined=5)
+    mined = mine_negatives(questions, _chunks(), model, MiningSettings(num_mined=5))
     rows = unroll_training_rows(mined, _chunks(), num_negatives=3)
     assert rows["positive"].tolist() == [PASSAGES["pos/a.b:1"], PASSAGES["pos/a.b:2"]]
     assert list(rows.columns) == [
@@ -116,8 +117,8 @@ def test_other_chunks_of_a_positive_document_are_never_negatives_unless_asked(mo
     questions = pd.DataFrame({"question_id": ["q:1"], "question": [QUESTION], "positive_chunk_ids": [["pos/a.b:1"]]})
     chunks = _chunks()
     chunks.loc[chunks["chunk_id"] == "related", "doc_id"] = "pos/a.b:1"  # a second chunk of the positive's doc
-    kept = mine_negatives(questions, chunks, model, num_mined=3)
+    kept = mine_negatives(questions, chunks, model, MiningSettings(num_mined=3))
     assert "related" not in list(kept["negative_chunk_ids"].iloc[0])
     assert len(kept["negative_chunk_ids"].iloc[0]) == 3  # extra candidates mined to make up for it
-    allowed = mine_negatives(questions, chunks, model, num_mined=3, exclude_same_document=False)
+    allowed = mine_negatives(questions, chunks, model, MiningSettings(num_mined=3, exclude_same_document=False))
     assert "related" in list(allowed["negative_chunk_ids"].iloc[0])

@@ -9,7 +9,7 @@ from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.llm import LLMSettings
 from embed_pipeline.core.mining import mine_negatives, unroll_training_rows
 from embed_pipeline.core.sdg import generate_questions, generation_jobs
-from embed_pipeline.core.settings import ChunkingSettings
+from embed_pipeline.core.settings import ChunkingSettings, MiningSettings
 from embed_pipeline_tests.openai_stub import OpenAIStub, question_json
 
 FILLER = [
@@ -66,7 +66,7 @@ def test_multihop_question_has_every_supporting_chunk_as_a_positive_after_unroll
     assert positives == ordered[start : start + len(positives)]  # neighbouring chunks of one document
 
     model = SentenceTransformer(base_model_path(None), device="cpu")
-    mined = mine_negatives(multihop, chunks, model, num_mined=3)
+    mined = mine_negatives(multihop, chunks, model, MiningSettings(num_mined=3))
     rows = unroll_training_rows(mined, chunks, num_negatives=2)
     passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     assert sorted(rows["positive"]) == sorted(passage_of[c] for c in positives)

@@ -5,9 +5,9 @@ from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
 from embed_pipeline.core.mining import unroll_training_rows
-from embed_pipeline.core.settings import TrainingSettings
-from embed_pipeline.core.teachers import hybrid_teacher_scores
-from embed_pipeline.core.training import finetune
+from embed_pipeline.core.settings import TeacherSettings, TrainingSettings
+from embed_pipeline.core.teachers import hybrid_teacher_scores, score_with_teacher
+from embed_pipeline.core.training import ValidationSet, finetune
 
 PAIRS = [
     (
@@ -163,3 +163,31 @@ def test_cross_encoder_teacher_learns_the_synthetic_pairs_and_scores_within_the_
         assert row.teacher_positive_score > max(row.teacher_negative_scores)  # it learned its training pairs
         low, high = min(row.negative_scores), row.positive_score
         assert all(low <= s <= high for s in [row.teacher_positive_score, *row.teacher_negative_scores])
+
+
+def test_teacher_stage_builds_the_base_model_only_when_asked_and_chooses_the_weight_on_validation():
+    mined, chunks = _mined_toy()
+    built = []
+
+    def base_encoder():
+        built.append(1)
+        return SentenceTransformer(base_model_path(None), device="cpu")
+
+    unscored, info = score_with_teacher(mined, chunks, TeacherSettings(), base_encoder=base_encoder)
+    assert unscored is mined and info == {"teacher": "none"} and not built
+    fixed, info = score_with_teacher(
+        mined, chunks, TeacherSettings(teacher="hybrid", bm25_weight=0.0), base_encoder=base_encoder
+    )
+    assert info["bm25_weight"] == 0.0 and info["bm25_weight_from"] == "config" and len(built) == 1
+    assert "teacher_positive_score" in fixed
+    validation = ValidationSet(
+        queries={"v0": PAIRS[0][0], "v1": PAIRS[1][0]},
+        corpus=dict(zip(chunks["chunk_id"], chunks["passage"], strict=True)),
+        relevant={"v0": {"c0"}, "v1": {"c1"}},
+    )
+    _, chosen = score_with_teacher(
+        mined, chunks, TeacherSettings(teacher="hybrid"), base_encoder=base_encoder, validation=validation
+    )
+    assert chosen["bm25_weight_from"] == "validation questions"
+    scores = chosen["ndcg@10_by_bm25_weight"]
+    assert scores[str(float(chosen["bm25_weight"]))] == max(scores.values())

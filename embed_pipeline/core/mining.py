@@ -8,7 +8,8 @@ import pandas as pd
 from datasets import Dataset
 from sentence_transformers.util import mine_hard_negatives
 
-from embed_pipeline.core.document_pairs import LLM_SOURCE, positive_without_anchor
+from embed_pipeline.core.document_pairs import LLM_SOURCE, positive_without_anchor, with_document_pairs
+from embed_pipeline.core.settings import MiningSettings
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +20,10 @@ def mine_negatives(
     questions: pd.DataFrame,
     chunks: pd.DataFrame,
     model,
-    num_mined: int = 5,
-    relative_margin: float | None = 0.05,
-    absolute_margin: float | None = None,
-    batch_size: int = 64,
-    exclude_same_document: bool = True,
+    settings: MiningSettings = MiningSettings(),
 ) -> pd.DataFrame:
-    """Mine hard negatives for each (question, positive) pair over the whole chunk corpus.
+    """Mine hard negatives for each (question, positive) pair over the whole chunk corpus (`settings`: how many,
+    the margins, the batch size, same-document exclusion).
 
     All positives of a question are masked and a candidate is dropped when it scores above the
     margin-adjusted weakest positive (relative_margin=0.05: above 0.95 × min positive score). With
@@ -37,6 +35,8 @@ def mine_negatives(
     first; a question for which no negative survives gets an empty list (never silently dropped).
     `model` may be a `CachedDocuments`, so the corpus is encoded once for every stage that needs it.
     """
+    num_mined, relative_margin, absolute_margin = settings.num_mined, settings.relative_margin, settings.absolute_margin
+    exclude_same_document = settings.exclude_same_document
     pairs = questions.explode("positive_chunk_ids").rename(columns={"positive_chunk_ids": "positive_chunk_id"})
     passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     missing = sorted(set(pairs["positive_chunk_id"]) - passage_of.keys())
@@ -71,7 +71,7 @@ def mine_negatives(
         sampling_strategy="top",
         output_format="labeled-list",
         output_scores=True,
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         use_faiss=len(chunks) >= FAISS_MIN_CORPUS,
         query_prompt_name="query" if "query" in model.prompts else None,
         corpus_prompt_name="document" if "document" in model.prompts else None,
@@ -111,6 +111,15 @@ def mine_negatives(
             }
         )
     return pd.DataFrame(rows)
+
+
+def mine_training_negatives(
+    splits: pd.DataFrame, chunks: pd.DataFrame, model, settings: MiningSettings = MiningSettings()
+) -> pd.DataFrame:
+    """The mining stage: the training questions of `splits`, with document pairs mixed in as `settings` says
+    (`with_document_pairs`), each given its hard negatives (`mine_negatives`)."""
+    train = with_document_pairs(splits, chunks, settings.document_pairs, settings.document_pair_share)
+    return mine_negatives(train, chunks, model, settings)
 
 
 def shared_negatives(

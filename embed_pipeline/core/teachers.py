@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import bm25s
 import numpy as np
@@ -26,6 +29,7 @@ import Stemmer
 from pydantic import BaseModel, Field
 
 from embed_pipeline.core.llm import LLMCall, LLMSettings, ResponseCache, model_identity, parse_json_answer, run_calls
+from embed_pipeline.core.settings import TeacherSettings
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +199,57 @@ def llm_teacher_scores(
     out = mined.copy()
     out["teacher_positive_score"], out["teacher_negative_scores"] = positives, negatives
     return out, {**run.stats(), "failed_pairs": failed}
+
+
+def score_with_teacher(
+    mined: pd.DataFrame,
+    chunks: pd.DataFrame,
+    settings: TeacherSettings = TeacherSettings(),
+    *,
+    base_encoder: Callable[[], Any] | None = None,
+    validation: Any = None,
+    base_model: str | None = None,
+    cross_encoder_dir: Path | None = None,
+    llm_cache: Callable[[], AbstractContextManager[Path]] | None = None,
+    device: str = "cpu",
+) -> tuple[pd.DataFrame, dict]:
+    """The teacher stage: `mined` rows with `settings.teacher`'s score for every (question, positive) and
+    (question, negative), and what it did. `hybrid` needs `base_encoder` (the base model, built when needed) and
+    picks its BM25 weight on the `validation` set (a `ValidationSet`) unless the settings fix it;
+    `cross_encoder` trains one from `base_model` into `cross_encoder_dir`; `llm` grades through `llm_cache` (a
+    context manager giving the cache file); `none` passes the rows through unscored."""
+    from embed_pipeline.core.evaluation import fusion_on_validation
+
+    info: dict = {"teacher": settings.teacher}
+    if settings.teacher == "hybrid":
+        model = base_encoder()
+        weight, info["bm25_weight_from"] = settings.bm25_weight, "config"
+        if weight is None and validation is None:
+            weight, info["bm25_weight_from"] = DEFAULT_BM25_WEIGHT, "default: no validation questions"
+            log.warning("No validation questions to choose the teacher's BM25 weight on: using %s", weight)
+        elif weight is None:
+            fusion = fusion_on_validation(model, validation.queries, validation.corpus, validation.relevant)
+            weight, info["bm25_weight_from"] = fusion["bm25_weight"], "validation questions"
+            info["ndcg@10_by_bm25_weight"] = fusion["validation_ndcg@10_by_weight"]
+        info["bm25_weight"] = weight
+        return hybrid_teacher_scores(mined, chunks, model, weight), info
+    if settings.teacher == "cross_encoder":
+        from embed_pipeline.core.cross_encoder import cross_encoder_teacher_scores, train_cross_encoder
+
+        trained = train_cross_encoder(
+            mined,
+            chunks,
+            base_model,
+            cross_encoder_dir,
+            device=device,
+            epochs=settings.cross_encoder_epochs,
+            learning_rate=settings.cross_encoder_learning_rate,
+        )
+        info.update({f"cross_encoder_{k}": v for k, v in trained.items() if k != "path"})
+        return cross_encoder_teacher_scores(mined, chunks, cross_encoder_dir, device), info
+    if settings.teacher == "llm":
+        with llm_cache() as cache:
+            scored, calls = llm_teacher_scores(mined, chunks, settings.llm_settings(), cache)
+        info.update({"teacher_model": settings.teacher_model, **{k: v for k, v in calls.items() if v is not None}})
+        return scored, info
+    return mined, info

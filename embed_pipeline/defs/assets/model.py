@@ -7,14 +7,11 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import MiningConfig, TeacherConfig, TrainingConfig
-from embed_pipeline.core.cross_encoder import cross_encoder_teacher_scores, train_cross_encoder
 from embed_pipeline.core.data_checks import check_training_rows
-from embed_pipeline.core.document_pairs import with_document_pairs
 from embed_pipeline.core.encoders import CachedDocuments
-from embed_pipeline.core.evaluation import fusion_on_validation
-from embed_pipeline.core.mining import mine_negatives, rows_short_of_negatives, unroll_training_rows
+from embed_pipeline.core.mining import mine_training_negatives, rows_short_of_negatives, unroll_training_rows
 from embed_pipeline.core.plots import histogram_markdown, training_curves_markdown
-from embed_pipeline.core.teachers import DEFAULT_BM25_WEIGHT, hybrid_teacher_scores, llm_teacher_scores
+from embed_pipeline.core.teachers import score_with_teacher
 from embed_pipeline.core.training import (
     checkpoint_key,
     finetune,
@@ -43,17 +40,7 @@ def hard_negatives(
         pipeline.base_bi_encoder(compute.torch_device()),
         pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
     )
-    train = with_document_pairs(qa_splits, chunked_corpus, config.document_pairs, config.document_pair_share)
-    mined = mine_negatives(
-        train,
-        chunked_corpus,
-        model,
-        num_mined=config.num_mined,
-        relative_margin=config.relative_margin,
-        absolute_margin=config.absolute_margin,
-        batch_size=config.batch_size,
-        exclude_same_document=config.exclude_same_document,
-    )
+    mined = mine_training_negatives(qa_splits, chunked_corpus, model, config.settings())
     negative_scores = [s for scores in mined["negative_scores"] for s in scores]
     context.add_output_metadata(
         {
@@ -89,45 +76,33 @@ def teacher_scores(
     the BM25 + base-model hybrid, an in-domain cross-encoder trained here from the base model, or an LLM's
     graded relevance; with teacher none the mined rows pass through unscored."""
     started = time.perf_counter()
-    mined, teacher = hard_negatives, {"teacher": config.teacher}
     device = compute.torch_device()
-    if config.teacher == "hybrid":
-        cache = pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path())
-        model = CachedDocuments(pipeline.base_bi_encoder(device), cache)
-        weight, teacher["bm25_weight_from"] = config.bm25_weight, "config"
-        validation = validation_set(validation_questions(qa_splits, pipeline.seed_forms()), chunked_corpus)
-        if weight is None and validation is None:
-            weight, teacher["bm25_weight_from"] = DEFAULT_BM25_WEIGHT, "default: no validation questions"
-            context.log.warning(f"No validation questions to choose the teacher's BM25 weight on: using {weight}")
-        elif weight is None:
-            fusion = fusion_on_validation(model, validation.queries, validation.corpus, validation.relevant)
-            weight, teacher["bm25_weight_from"] = fusion["bm25_weight"], "validation questions"
-            teacher["ndcg@10_by_bm25_weight"] = records_table(
-                [
-                    {"bm25_weight": float(w), "validation_ndcg@10": score}
-                    for w, score in fusion["validation_ndcg@10_by_weight"].items()
-                ]
-            )
-        mined = hybrid_teacher_scores(mined, chunked_corpus, model, weight)
-        teacher["bm25_weight"] = weight
-    elif config.teacher == "cross_encoder":
-        out = pipeline.version_artifacts(context.partition_key, "models", f"cross-encoder-{context.run_id[:8]}")
-        trained = train_cross_encoder(
-            mined,
-            chunked_corpus,
-            pipeline.base_model_path(),
-            out,
-            device=device,
-            epochs=config.cross_encoder_epochs,
-            learning_rate=config.cross_encoder_learning_rate,
+    cross_encoder_dir = pipeline.version_artifacts(
+        context.partition_key, "models", f"cross-encoder-{context.run_id[:8]}"
+    )
+    mined, teacher = score_with_teacher(
+        hard_negatives,
+        chunked_corpus,
+        config.settings(),
+        base_encoder=lambda: CachedDocuments(
+            pipeline.base_bi_encoder(device),
+            pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
+        ),
+        validation=validation_set(validation_questions(qa_splits, pipeline.seed_forms()), chunked_corpus),
+        base_model=pipeline.base_model_path(),
+        cross_encoder_dir=cross_encoder_dir,
+        llm_cache=lambda: pipeline.llm_cache(context.run_id),
+        device=device,
+    )
+    if "ndcg@10_by_bm25_weight" in teacher:
+        teacher["ndcg@10_by_bm25_weight"] = records_table(
+            [
+                {"bm25_weight": float(w), "validation_ndcg@10": score}
+                for w, score in teacher["ndcg@10_by_bm25_weight"].items()
+            ]
         )
-        mined = cross_encoder_teacher_scores(mined, chunked_corpus, out, device)
-        teacher.update({f"cross_encoder_{k}": v for k, v in trained.items() if k != "path"})
-        teacher["cross_encoder"] = dg.MetadataValue.path(pipeline.publish(out))
-    elif config.teacher == "llm":
-        with pipeline.llm_cache(context.run_id) as llm_cache:
-            mined, calls = llm_teacher_scores(mined, chunked_corpus, config.llm_settings(), llm_cache)
-        teacher.update({"teacher_model": config.teacher_model, **{k: v for k, v in calls.items() if v is not None}})
+    if config.teacher == "cross_encoder":
+        teacher["cross_encoder"] = dg.MetadataValue.path(pipeline.publish(cross_encoder_dir))
     context.add_output_metadata(
         {
             **frame_metadata(mined),
