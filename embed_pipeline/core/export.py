@@ -22,17 +22,20 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from embed_pipeline.core.atomic import staging_dir, write_atomically
 from embed_pipeline.core.onnx_runtime import DIMENSIONS_INPUT, EXPORT_INFO, ONNX_FILE, OUTPUT_NAME, OnnxEncoder
+from embed_pipeline.core.settings import Int8ExportSettings
 
-__all__ = ["EXPORT_INFO", "OnnxEncoder", "PooledEncoder", "export_onnx", "parity", "quantize_int8"]
+__all__ = ["EXPORT_INFO", "OnnxEncoder", "PooledEncoder", "export_int8", "export_onnx", "parity", "quantize_int8"]
 
 # Quantized to int8: the projections and feed-forward layers, and the (fused) embedding tables.
 INT8_OPERATORS = ["MatMul", "EmbedLayerNormalization", "Gather"]
@@ -299,3 +302,65 @@ def _check_supported(model_dir: Path) -> int:
     limit = AutoTokenizer.from_pretrained(model_dir).model_max_length
     positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
     return int(min(limit, positions) if positions else limit)
+
+
+@dataclass(frozen=True)
+class Int8Export:
+    """A checked int8 export: its closeness to PyTorch on sample texts, its retrieval against the fp32 export's on
+    the check's queries, and whether it is recommended for serving (both checks within `Int8ExportSettings`)."""
+
+    onnx_file: Path
+    parity: dict
+    query_set: str
+    queries: int
+    ndcg_fp32: float
+    ndcg_int8: float
+    parity_passed: bool
+    retrieval_passed: bool
+    recommendation: dict
+
+    @property
+    def ndcg_drop(self) -> float:
+        return round(self.ndcg_fp32 - self.ndcg_int8, 4)
+
+
+def export_int8(
+    fp32_dir: Path,
+    out_dir: Path,
+    model_dir: Path,
+    chunks: pd.DataFrame,
+    check_queries: tuple[str, tuple],
+    samples: list[str],
+    settings: Int8ExportSettings = Int8ExportSettings(),
+) -> Int8Export:
+    """The int8 stage: quantize the fp32 export (`quantize_int8`), compare it with PyTorch on `samples` and
+    with the fp32 export's retrieval on `check_queries` (name, (queries, qrels, qrels on documents): see
+    `core.report.export_check_queries`), and record in its export.json whether it is recommended (a failed
+    check marks it not recommended, with the reason; it never blocks)."""
+    from embed_pipeline.core.report import evaluate_systems
+
+    onnx_file = quantize_int8(fp32_dir, out_dir)
+    close = parity(model_dir, out_dir, samples)
+    name, query_set = check_queries
+    scored = evaluate_systems(chunks, {name: query_set}, {"fp32": str(fp32_dir), "int8": str(out_dir)})
+    entry = scored["query_sets"][name]
+    ndcg_fp32, ndcg_int8 = entry["systems"]["fp32"]["nDCG@10"], entry["systems"]["int8"]["nDCG@10"]
+    drop = round(ndcg_fp32 - ndcg_int8, 4)
+    failed = []
+    if close["min_cosine"] < settings.min_cosine:
+        failed.append(f"min cosine to PyTorch {close['min_cosine']:.4f} < {settings.min_cosine}")
+    if drop > settings.max_ndcg_drop:
+        budget, queries = settings.max_ndcg_drop, entry["n_queries"]
+        failed.append(f"nDCG@10 {drop:.4f} below fp32's (budget {budget}) on {queries} queries ({name})")
+    recommendation = record_recommendation(out_dir, not failed, "; ".join(failed))
+    return Int8Export(
+        onnx_file=onnx_file,
+        parity=close,
+        query_set=name,
+        queries=entry["n_queries"],
+        ndcg_fp32=ndcg_fp32,
+        ndcg_int8=ndcg_int8,
+        parity_passed=close["min_cosine"] >= settings.min_cosine,
+        retrieval_passed=drop <= settings.max_ndcg_drop,
+        recommendation=recommendation,
+    )

@@ -9,8 +9,8 @@ import dagster as dg
 import pandas as pd
 
 from embed_pipeline.config import ExportConfig, Int8ExportConfig, TensorRTConfig
-from embed_pipeline.core.export import EXPORT_INFO, export_onnx, parity, quantize_int8, record_recommendation
-from embed_pipeline.core.report import evaluate_systems, export_check_queries
+from embed_pipeline.core.export import EXPORT_INFO, export_int8, export_onnx, parity
+from embed_pipeline.core.report import export_check_queries
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
 from embed_pipeline.defs.metadata import count_table
 from embed_pipeline.defs.partitions import corpus_versions
@@ -111,61 +111,60 @@ def onnx_int8_model(
     started = time.perf_counter()
     fp32_dir = pipeline.local_copy(onnx_model["path"])
     out_dir = pipeline.version_artifacts(context.partition_key, "models", f"onnx-int8-{context.run_id[:8]}")
-    onnx_path = quantize_int8(fp32_dir, out_dir)
-    close = parity(pipeline.local_copy(finetuned_model["path"]), out_dir, _samples(chunked_corpus))
-    name, query_set = export_check_queries(qa_splits, pipeline.eval_beir_dir, pipeline.seed_queries())
-    scored = evaluate_systems(chunked_corpus, {name: query_set}, {"fp32": str(fp32_dir), "int8": str(out_dir)})[
-        "query_sets"
-    ][name]
-    drop = round(scored["systems"]["fp32"]["nDCG@10"] - scored["systems"]["int8"]["nDCG@10"], 4)
-    retrieval = {"ndcg@10_drop": drop, "threshold": config.max_ndcg_drop, "queries": scored["n_queries"]}
-    failed = []
-    if close["min_cosine"] < config.min_cosine:
-        failed.append(f"min cosine to PyTorch {close['min_cosine']:.4f} < {config.min_cosine}")
-    if drop > config.max_ndcg_drop:
-        budget, queries = config.max_ndcg_drop, scored["n_queries"]
-        failed.append(f"nDCG@10 {drop:.4f} below fp32's (budget {budget}) on {queries} queries ({name})")
-    recommendation = record_recommendation(out_dir, not failed, "; ".join(failed))
-    if failed:
+    int8 = export_int8(
+        fp32_dir,
+        out_dir,
+        pipeline.local_copy(finetuned_model["path"]),
+        chunked_corpus,
+        export_check_queries(qa_splits, pipeline.eval_beir_dir, pipeline.seed_queries()),
+        _samples(chunked_corpus),
+        config.settings(),
+    )
+    recommendation = int8.recommendation
+    if not recommendation["recommended"]:
         context.log.warning(f"int8 export not recommended ({recommendation['reason']}): serve the fp32 export")
     address = pipeline.publish(out_dir)
+    checked = {"retrieval_check_queries": int8.queries, "retrieval_check_query_set": int8.query_set}
     yield dg.Output(
         {
             "path": address,
-            "onnx_file": f"{address}/{onnx_path.name}",
-            **close,
-            "ndcg@10_drop_vs_fp32": drop,
-            "retrieval_check_queries": scored["n_queries"],
-            "retrieval_check_query_set": name,
+            "onnx_file": f"{address}/{int8.onnx_file.name}",
+            **int8.parity,
+            "ndcg@10_drop_vs_fp32": int8.ndcg_drop,
+            **checked,
             **recommendation,
         },
         metadata={
             "recommended": recommendation["recommended"],
-            **({"not_recommended_because": recommendation["reason"]} if failed else {}),
-            "onnx_file": dg.MetadataValue.path(f"{address}/{onnx_path.name}"),
-            "size_mb": round(onnx_path.stat().st_size / 2**20, 1),
+            **({"not_recommended_because": recommendation["reason"]} if not recommendation["recommended"] else {}),
+            "onnx_file": dg.MetadataValue.path(f"{address}/{int8.onnx_file.name}"),
+            "size_mb": round(int8.onnx_file.stat().st_size / 2**20, 1),
             "fp32_size_mb": round(Path(fp32_dir, Path(onnx_model["onnx_file"]).name).stat().st_size / 2**20, 1),
-            **close,
-            "ndcg@10_fp32": scored["systems"]["fp32"]["nDCG@10"],
-            "ndcg@10_int8": scored["systems"]["int8"]["nDCG@10"],
-            "retrieval_check_queries": scored["n_queries"],
-            "retrieval_check_query_set": name,
+            **int8.parity,
+            "ndcg@10_fp32": int8.ndcg_fp32,
+            "ndcg@10_int8": int8.ndcg_int8,
+            **checked,
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
     # Warnings, not errors: the export stays usable and marked; nothing downstream depends on it.
     yield dg.AssetCheckResult(
         check_name=INT8_PARITY_CHECK,
-        passed=close["min_cosine"] >= config.min_cosine,
+        passed=int8.parity_passed,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"min_cosine": close["min_cosine"], "threshold": config.min_cosine},
+        metadata={"min_cosine": int8.parity["min_cosine"], "threshold": config.min_cosine},
     )
     yield dg.AssetCheckResult(
         check_name=INT8_RETRIEVAL_CHECK,
-        passed=drop <= config.max_ndcg_drop,
+        passed=int8.retrieval_passed,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"on {scored['n_queries']} queries ({name}); failed: the int8 export is marked not recommended",
-        metadata={**retrieval, "query_set": name},
+        description=f"on {int8.queries} queries ({int8.query_set}); failed: the int8 export is marked not recommended",
+        metadata={
+            "ndcg@10_drop": int8.ndcg_drop,
+            "threshold": config.max_ndcg_drop,
+            "queries": int8.queries,
+            "query_set": int8.query_set,
+        },
     )
 
 
