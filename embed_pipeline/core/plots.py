@@ -60,7 +60,7 @@ def _metric_bars(systems: dict[str, dict[str, float]], metrics: list[str], title
     ax.set_xticks([m + width * (len(systems) - 1) / 2 for m in range(len(metrics))], metrics)
     low, high = min(values), max(values)
     pad = max(0.02, (high - low) * 0.15)
-    ax.set_ylim(max(0.0, low - pad), min(1.0, high + 2 * pad))
+    ax.set_ylim(max(0.0, low - pad), high + 3 * pad)  # room above the tallest bar for its label
     ax.set_ylabel("score (axis not from 0)" if low - pad > 0 else "score")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
