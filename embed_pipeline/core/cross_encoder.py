@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from embed_pipeline.core.settings import TEACHER
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +41,8 @@ def train_cross_encoder(
     base_model: str,
     output_dir: str | Path,
     device: str = "cpu",
-    epochs: int = 1,
-    learning_rate: float = 2e-5,
+    epochs: int = TEACHER.cross_encoder_epochs,
+    learning_rate: float = TEACHER.cross_encoder_learning_rate,
     batch_size: int = 32,
     num_negatives: int = 4,
     seed: int = 42,

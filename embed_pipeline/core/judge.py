@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.llm import LLMCall, LLMSettings, ResponseCache, model_identity, parse_json_answer, run_calls
 from embed_pipeline.core.question_filters import DROPPED_COLUMNS
+from embed_pipeline.core.settings import GENERATION
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 CRITERIA = ("relevance", "accuracy", "context_support", "clarity")
@@ -63,7 +64,7 @@ def judge_questions(
     chunks: pd.DataFrame,
     settings: LLMSettings,
     cache_path,
-    min_score: float = 7.0,
+    min_score: float = GENERATION.judge_min_score,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Score every question with the judge model; keep those with overall >= `min_score`.
 

@@ -9,7 +9,7 @@ from datasets import Dataset
 from sentence_transformers.util import mine_hard_negatives
 
 from embed_pipeline.core.document_pairs import LLM_SOURCE, positive_without_anchor, with_document_pairs
-from embed_pipeline.core.settings import MiningSettings
+from embed_pipeline.core.settings import TRAINING, MiningSettings
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,9 @@ def shared_negatives(
     return sorted(kept, key=lambda item: -item[1])[:num_mined]
 
 
-def unroll_training_rows(mined: pd.DataFrame, chunks: pd.DataFrame, num_negatives: int = 4) -> pd.DataFrame:
+def unroll_training_rows(
+    mined: pd.DataFrame, chunks: pd.DataFrame, num_negatives: int = TRAINING.num_negatives
+) -> pd.DataFrame:
     """One training row per (question, positive) with `num_negatives` negatives shared by the question.
 
     Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`). When `mined`

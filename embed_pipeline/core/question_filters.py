@@ -13,6 +13,7 @@ from typing import Literal
 import pandas as pd
 
 from embed_pipeline.core.evaluation import bm25_search, dense_search
+from embed_pipeline.core.settings import GENERATION
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,11 @@ def filter_questions(
     questions: pd.DataFrame,
     chunks: pd.DataFrame,
     model,
-    roundtrip: Literal["bm25", "base", "either", "none"] = "bm25",
-    roundtrip_top_k: int = 10,
-    dedup_threshold: float | None = 0.9,
-    min_complexity: int = 1,
-    max_overlap: float | None = None,
+    roundtrip: Literal["bm25", "base", "either", "none"] = GENERATION.roundtrip,
+    roundtrip_top_k: int = GENERATION.roundtrip_top_k,
+    dedup_threshold: float | None = GENERATION.dedup_threshold,
+    min_complexity: int = GENERATION.min_complexity,
+    max_overlap: float | None = GENERATION.max_overlap,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the overlap, complexity, round-trip and near-duplicate filters in that order; returns (kept,
     dropped with filter and reason)."""

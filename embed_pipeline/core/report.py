@@ -27,7 +27,7 @@ from embed_pipeline.core.evaluation import (
     score_fusion,
 )
 from embed_pipeline.core.realism import realism_markdown
-from embed_pipeline.core.settings import ChunkingSettings
+from embed_pipeline.core.settings import EVALUATION, ChunkingSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def evaluate_systems(
     query_sets: dict[str, tuple[dict[str, str], Qrels, bool]],
     models: dict[str, str],
     device: str = "cpu",
-    top_k: int = 100,
-    batch_size: int = 64,
+    top_k: int = EVALUATION.top_k,
+    batch_size: int = EVALUATION.batch_size,
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     api_key_env: str | None = None,

@@ -49,6 +49,7 @@ from embed_pipeline.core.realism import (
     realism_profile,
     source_passages,
 )
+from embed_pipeline.core.settings import GENERATION
 
 log = logging.getLogger(__name__)
 
@@ -573,11 +574,11 @@ def generate_questions(
     chunks: pd.DataFrame,
     settings: LLMSettings,
     cache_path: str | Path,
-    questions_per_chunk: int = 1,
+    questions_per_chunk: int = GENERATION.questions_per_chunk,
     max_chunks: int | None = None,
-    seed: int = 42,
-    multihop_per_document: int = 0,
-    prompt_style: PromptStyle = "auto",
+    seed: int = GENERATION.seed,
+    multihop_per_document: int = GENERATION.multihop_per_document,
+    prompt_style: PromptStyle = GENERATION.prompt_style,
     form_mix: Mapping[str, float] | None = None,
     query_examples: list[SeedQuery] | None = None,
     max_questions: int | None = None,

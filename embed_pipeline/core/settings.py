@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from embed_pipeline.core.document_pairs import PAIR_SOURCES
 from embed_pipeline.core.documents import MAX_DOCUMENT_CHARS
-from embed_pipeline.core.llm import DEFAULT_MODEL, LLMSettings
-from embed_pipeline.core.sdg import normalise_form_mix
+from embed_pipeline.core.llm import LLMSettings
 
 
 class StageSettings(BaseModel):
@@ -38,7 +37,7 @@ class ChunkingSettings(StageSettings):
 
 
 class GenerationSettings(StageSettings):
-    model: str = Field(default=DEFAULT_MODEL, description="litellm model string, e.g. openai/gpt-4o-mini.")
+    model: str = Field(default=LLMSettings.model, description="litellm model string, e.g. openai/gpt-4o-mini.")
     api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     questions_per_chunk: int = Field(
@@ -73,18 +72,26 @@ class GenerationSettings(StageSettings):
         "type and complexity (hosted/served models); auto: fewshot for local/ models, else json.",
     )
     local_runtime: Literal["auto", "transformers", "llama_cpp"] = Field(
-        default="auto",
+        default=LLMSettings.local_runtime,
         description="Runtime of local/ models: llama_cpp (needs the llamacpp extra; loads in 1.5 s instead of 23 s, "
         "less memory, same questions/s here) or transformers; auto takes llama.cpp when installed.",
     )
-    temperature: float = Field(default=0.0, description="Sampling temperature of the first question.")
-    max_tokens: int = Field(default=64, description="Longest answer the LLM may write.")
-    concurrency: int = Field(default=8, description="Parallel LLM calls (batched together for the local model).")
-    num_retries: int = Field(
-        default=3, description="Retries with backoff on rate limits, 5xx, timeouts and malformed responses."
+    # How the LLM is reached: the defaults are `LLMSettings`' (the one place they are written).
+    temperature: float = Field(
+        default=LLMSettings.temperature, description="Sampling temperature of the first question."
     )
-    timeout_s: float = Field(default=120.0, description="Timeout of one LLM call.")
-    backoff_s: float = Field(default=1.0, description="First retry delay; doubles each retry (with jitter).")
+    max_tokens: int = Field(default=LLMSettings.max_tokens, description="Longest answer the LLM may write.")
+    concurrency: int = Field(
+        default=LLMSettings.concurrency, description="Parallel LLM calls (batched together for the local model)."
+    )
+    num_retries: int = Field(
+        default=LLMSettings.num_retries,
+        description="Retries with backoff on rate limits, 5xx, timeouts and malformed responses.",
+    )
+    timeout_s: float = Field(default=LLMSettings.timeout_s, description="Timeout of one LLM call.")
+    backoff_s: float = Field(
+        default=LLMSettings.backoff_s, description="First retry delay; doubles each retry (with jitter)."
+    )
     seed: int = Field(default=42, description="Seed of the chunk subset when max_chunks is set.")
     roundtrip: Literal["bm25", "base", "either", "none"] = Field(
         default="bm25",
@@ -132,6 +139,8 @@ class GenerationSettings(StageSettings):
     @field_validator("query_forms")
     @classmethod
     def _known_forms(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        from embed_pipeline.core.sdg import normalise_form_mix  # sdg takes its defaults from here
+
         return None if mix is None else normalise_form_mix(mix)
 
     def llm_settings(self) -> LLMSettings:
@@ -324,3 +333,11 @@ class TensorRTSettings(StageSettings):
     min_cosine: float = Field(
         default=0.999, description="Lowest cosine to PyTorch allowed on sample texts (asset check)."
     )
+
+
+# Every default, as objects: the keyword defaults of the functions below the stage entry points are read from
+# these, so they cannot disagree with the settings.
+GENERATION = GenerationSettings()
+TEACHER = TeacherSettings()
+TRAINING = TrainingSettings()
+EVALUATION = EvaluationSettings()

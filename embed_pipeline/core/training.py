@@ -17,7 +17,7 @@ import pandas as pd
 
 from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.evaluation import FUSION_FILE, fusion_on_validation
-from embed_pipeline.core.settings import TrainingSettings
+from embed_pipeline.core.settings import TRAINING, TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,12 @@ def validation_questions(splits: pd.DataFrame, forms: set[str] | None = None) ->
     return questions
 
 
-def validation_set(questions: pd.DataFrame, chunks: pd.DataFrame, max_corpus: int = 5000, seed: int = 42):
+def validation_set(
+    questions: pd.DataFrame,
+    chunks: pd.DataFrame,
+    max_corpus: int = TRAINING.validation_corpus_size,
+    seed: int = TRAINING.seed,
+):
     """Validation questions ranked among their positives plus a seeded sample of other chunks (all of them
     when the corpus is small): cheap enough to score every epoch, hard enough to tell checkpoints apart.
     Returns None when there are no validation questions."""
