@@ -160,7 +160,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
             print(f"\nerror in step {step}: {cause}", file=sys.stderr)
         print(f"(full trace in the Dagster run log, DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
         return 2 if outcome.bad_documents else 1
-    report = result.output_for_node("beir_report")
+    report = outcome.report
     print("\n" + report_markdown(report) + "\n")
     print(gate_summary(report["gate"]))
     if "regression" in report:
@@ -173,12 +173,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
             "anyway, raise beir_report.gate_tolerance or regression_tolerance.",
         )
     else:
-        onnx = result.output_for_node("onnx_model")
+        onnx, int8 = outcome.exports["onnx_model"], outcome.exports["onnx_int8_model"]
         print(
             f"ONNX model:      {onnx['onnx_file']}  (min cosine to PyTorch {onnx['min_cosine']:.6f}, "
             f"max |ONNX - PyTorch| = {onnx['max_abs_difference']:.2e})"
         )
-        int8 = result.output_for_node("onnx_int8_model")
         print(
             f"ONNX int8 model: {int8['onnx_file']}  (min cosine to PyTorch {int8['min_cosine']:.4f}, "
             f"nDCG@10 {-int8['ndcg@10_drop_vs_fp32']:+.4f} vs fp32 on {int8['retrieval_check_queries']} "
@@ -186,12 +185,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
         )
         if not int8["recommended"]:
             print(f"                 NOT recommended: {int8['reason']}; serve the fp32 export above")
-        from embed_pipeline.definitions import TENSORRT_LEFT_OUT
-
-        if TENSORRT_LEFT_OUT:
-            print(f"TensorRT engine: not built: {TENSORRT_LEFT_OUT}")
-        else:
-            engine = result.output_for_node("tensorrt_engine")
+        if outcome.tensorrt_left_out:
+            print(f"TensorRT engine: not built: {outcome.tensorrt_left_out}")
+        elif "tensorrt_engine" in outcome.exports:
+            engine = outcome.exports["tensorrt_engine"]
             print(f"TensorRT engine: {engine['path']}  (min cosine to PyTorch {engine['min_cosine']:.4f})")
     print(f"corpus version:  {version}  (artifacts in {pipeline.store().address(pipeline.version_artifacts(version))})")
     print(f"Dagster run {result.run_id} stored in DAGSTER_HOME={os.environ['DAGSTER_HOME']}")

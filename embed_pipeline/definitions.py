@@ -7,7 +7,7 @@ import inspect
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch its price list
@@ -148,6 +148,9 @@ def materialize_version(
     )
 
 
+EXPORTS = ("onnx_model", "onnx_int8_model", "tensorrt_engine")
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """Why a run of the job stopped, read from its typed events: the report's gates (blocking by design: the
@@ -157,6 +160,9 @@ class RunOutcome:
     gates_failed: tuple[str, ...]
     failures: tuple[tuple[str, str], ...]  # (step, cause) of every failure the gates do not explain
     bad_documents: bool  # every failure was a DocumentError: bad input, not a pipeline fault
+    report: dict | None = None  # beir_report's output (the report, its verdicts inside), when it was built
+    exports: dict[str, dict] = field(default_factory=dict)  # each built export's output, by asset
+    tensorrt_left_out: str | None = TENSORRT_LEFT_OUT  # why no TensorRT engine is part of the job here
 
 
 def run_outcome(result: dg.ExecuteInProcessResult) -> RunOutcome:
@@ -176,7 +182,15 @@ def run_outcome(result: dg.ExecuteInProcessResult) -> RunOutcome:
         causes = [f"data check {check.check_name} failed: {check.description}" for check in checks]
         failures.append((event.step_key, "; ".join(causes) or error.message.strip()))
         documents.append(not checks and error.cls_name == "DocumentError")
-    return RunOutcome(tuple(gates), tuple(failures), bool(documents) and all(documents))
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    outputs = {name: result.output_for_node(name) for name in EXPORTS + ("beir_report",) if name in built}
+    return RunOutcome(
+        tuple(gates),
+        tuple(failures),
+        bool(documents) and all(documents),
+        report=outputs.pop("beir_report", None),
+        exports=outputs,
+    )
 
 
 defs = dg.Definitions(

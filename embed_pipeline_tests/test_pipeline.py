@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
 from embed_pipeline.core.sdg import check_query
-from embed_pipeline.definitions import TENSORRT_LEFT_OUT, RunOutcome, defs, materialize_version, run_outcome
+from embed_pipeline.definitions import TENSORRT_LEFT_OUT, defs, materialize_version, run_outcome
 from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
 from embed_pipeline.defs.automation import COMMIT_TAG, TRIGGER_TAG, USER_TAG
 from embed_pipeline.defs.checks import CHUNKS_CHECK, QUESTIONS_CHECK, ROWS_CHECK, SPLITS_CHECK
@@ -335,7 +335,9 @@ def test_gate_blocks_the_export_of_a_fine_tune_broken_by_shuffled_labels(materia
     assert checks[GATE_CHECK] is False and REGRESSION_CHECK in checks
     # What the CLI reads: the run stopped at the gates (exit 3 with the report), not at a failure (exit 1).
     failed_gates = tuple(name for name in (GATE_CHECK, REGRESSION_CHECK) if checks[name] is False)
-    assert run_outcome(result) == RunOutcome(gates_failed=failed_gates, failures=(), bad_documents=False)
+    outcome = run_outcome(result)
+    assert (outcome.gates_failed, outcome.failures, outcome.bad_documents) == (failed_gates, (), False)
+    assert outcome.report["gate"] == result.output_for_node("beir_report")["gate"] and outcome.exports == {}
     verdict = result.output_for_node("beir_report")["gate"]
     assert verdict["query_set"] == REAL and verdict["metric"] == "nDCG@10"
     assert verdict["fine-tuned"] < verdict["base"] - verdict["tolerance"]
