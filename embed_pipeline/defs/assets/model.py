@@ -88,7 +88,9 @@ def teacher_scores(
             pipeline.base_bi_encoder(device),
             pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
         ),
-        validation=validation_set(validation_questions(qa_splits, pipeline.seed_forms()), chunked_corpus),
+        validation=validation_set(validation_questions(qa_splits, pipeline.seed_forms()), chunked_corpus)
+        if config.teacher == "hybrid"  # only the hybrid teacher chooses its weight on validation
+        else None,
         base_model=pipeline.base_model_path(),
         cross_encoder_dir=cross_encoder_dir,
         llm_cache=lambda: pipeline.llm_cache(context.run_id),
