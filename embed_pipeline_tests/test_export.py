@@ -14,7 +14,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.export import export_int8, export_onnx, parity, quantize_int8, record_recommendation
-from embed_pipeline.core.onnx_runtime import OnnxEncoder, tensorrt_options
+from embed_pipeline.core.onnx_runtime import OnnxEncoder, padding_share, plan_batches, tensorrt_options
 from embed_pipeline.core.settings import Int8ExportSettings
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
 from embed_pipeline.serving.app import create_app
@@ -290,3 +290,51 @@ def test_int8_export_checked_on_its_queries_is_marked_not_recommended_when_a_che
     assert not failed.parity_passed and not failed.retrieval_passed
     reason = json.loads((tmp_path / "b" / "export.json").read_text())["recommendation"]["reason"]
     assert reason.startswith("min cosine to PyTorch") and f"on {len(passages)} queries" in reason
+
+
+SHORT_TEXTS = ["hi", "short query?", "p53", "solar panels", "What is BM25?", "rotate an API key", "GDPR", "vaccines"]
+
+
+def test_parity_check_on_quantized_attention_rejects_layers_that_cost_short_texts_too_much(
+    exported: Path, tmp_path: Path
+) -> None:
+    """With no loss allowed, quantizing all six attention layers (which costs one-word texts cosine) is rejected
+    and layers go back to fp32 until the short texts' lowest cosine to fp32 is as good as without them."""
+    quantize_int8(exported, tmp_path / "strict", short_texts=SHORT_TEXTS, max_cosine_loss=0.0)
+    choice = json.loads((tmp_path / "strict" / "export.json").read_text())["quantization"]["attention"]
+    first = choice["trials"][0]
+    assert len(first["quantized"]) == 6 and first["min_cosine"] < choice["floor"] and not first["accepted"]
+    assert set(choice["alone"]) == set(first["quantized"])  # each layer measured alone before any went back
+    assert len(choice["kept_fp32"]) >= 1 and len(choice["quantized"]) + len(choice["kept_fp32"]) == 6
+    # The export written is the accepted one: measured again here, its lowest cosine reaches the floor.
+    fp32 = OnnxEncoder(exported).encode(SHORT_TEXTS)
+    lowest = (OnnxEncoder(tmp_path / "strict").encode(SHORT_TEXTS) * fp32).sum(axis=1).min()
+    assert lowest >= choice["floor"] - 1e-5 and lowest == pytest.approx(choice["min_cosine"], abs=1e-5)
+    quantized_nodes = [
+        n for n in onnx.load(str(tmp_path / "strict" / "model.onnx")).graph.node if n.op_type == "QAttention"
+    ]
+    assert len(quantized_nodes) == len(choice["quantized"])
+
+    quantize_int8(exported, tmp_path / "loose", short_texts=SHORT_TEXTS, max_cosine_loss=0.05)
+    loose = json.loads((tmp_path / "loose" / "export.json").read_text())["quantization"]
+    assert len(loose["attention"]["quantized"]) == 6 and loose["attention"]["trials"][0]["accepted"]
+    assert "Attention" in loose["operators"]
+
+
+def test_length_sorted_batches_return_every_vector_in_its_texts_order(exported: Path) -> None:
+    """Texts of very different lengths, run in many small length-sorted calls on two workers, get the vectors
+    each gets alone, in the order given; the calls pad less than calls in the given order would."""
+    texts = [TEXTS[i % len(TEXTS)] + " extra" * (i % 7) for i in range(23)]
+    encoder = OnnxEncoder(exported, workers=2)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    positions: list[tuple[int, int]] = []
+    encoder._on_batch = lambda tokens, padded: positions.append((tokens, padded))
+    vectors, counts = encoder.embed(texts, batch_size=4, max_tokens=64)
+    assert np.abs(vectors - alone).max() < 1e-5
+    assert len(positions) > 5 and sum(t for t, _ in positions) == counts.sum()
+    batches = plan_batches(counts.tolist(), 64, 4)
+    assert sorted(i for rows in batches for i in rows) == list(range(len(texts)))
+    assert all(len(rows) == 1 or len(rows) * max(counts[rows]) <= 64 for rows in batches)
+    in_order = [list(range(i, min(i + 4, len(texts)))) for i in range(0, len(texts), 4)]
+    assert padding_share(counts, batches) < padding_share(counts, in_order)
+    assert 1 - counts.sum() / sum(p for _, p in positions) == pytest.approx(padding_share(counts, batches))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +32,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 
 from embed_pipeline.core.atomic import staging_dir, write_atomically
 from embed_pipeline.core.onnx_runtime import DIMENSIONS_INPUT, EXPORT_INFO, ONNX_FILE, OUTPUT_NAME, OnnxEncoder
-from embed_pipeline.core.settings import Int8ExportSettings
+from embed_pipeline.core.quantization import quantize_int8
+from embed_pipeline.core.settings import INT8_EXPORT, Int8ExportSettings
 
 __all__ = ["EXPORT_INFO", "OnnxEncoder", "PooledEncoder", "export_int8", "export_onnx", "parity", "quantize_int8"]
-
-# Quantized to int8: the projections and feed-forward layers, and the (fused) embedding tables.
-INT8_OPERATORS = ["MatMul", "EmbedLayerNormalization", "Gather"]
 
 # sentence-transformers <5 wrote one boolean per pooling mode; >=5 writes "pooling_mode".
 _LEGACY_POOLING_KEYS = {
@@ -198,53 +195,6 @@ def parity(model_dir: str | Path, onnx_dir: str | Path, texts: list[str]) -> dic
     }
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-def quantize_int8(onnx_dir: str | Path, out_dir: str | Path) -> Path:
-    """Dynamic int8 quantization of an ``export_onnx`` folder into ``out_dir`` (same layout, so
-    ``OnnxEncoder`` and the server load it unchanged): the weights of ``INT8_OPERATORS`` int8 per
-    channel (per-tensor loses about 0.07 cosine on MiniLM), activations quantized at run time, attention
-    left in fp32. On CPUs without VNNI the weights use 7 bits (``reduce_range``) so the u8 x s8 products
-    cannot saturate. ``export.json`` records it."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    info = json.loads((onnx_dir / EXPORT_INFO).read_text(encoding="utf-8"))
-    with staging_dir(out_dir) as staging:
-        for item in onnx_dir.iterdir():
-            if item.is_file() and item.name not in (ONNX_FILE, EXPORT_INFO):
-                shutil.copy2(item, staging / item.name)
-        reduce_range = not cpu_has_vnni()
-        quantize_dynamic(
-            str(onnx_dir / ONNX_FILE),
-            str(staging / ONNX_FILE),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=reduce_range,
-            # Not the fused Attention: quantizing it cost short texts up to 0.014 cosine (0.986 for "short
-            # query?" on the demo's model, against 0.995 when it stays fp32).
-            op_types_to_quantize=INT8_OPERATORS,
-            # Fused (contrib) operators defeat shape inference; their outputs are float32.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-        info["quantization"] = {
-            "method": "dynamic int8",
-            "per_channel": True,
-            "reduce_range": reduce_range,
-            "operators": INT8_OPERATORS,
-        }
-        info["source_onnx"] = str(onnx_dir.resolve())
-        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return out_dir / ONNX_FILE
-
-
 def record_recommendation(export_dir: str | Path, recommended: bool, reason: str = "") -> dict:
     """Write into an export's export.json whether it is recommended for serving and, when not, why (e.g. a
     quantized export whose retrieval fell below fp32's); the server warns at start-up when it is not."""
@@ -318,6 +268,7 @@ class Int8Export:
     parity_passed: bool
     retrieval_passed: bool
     recommendation: dict
+    attention: dict  # the attention layers quantized and kept fp32, with the trials (`quantization.AttentionChoice`)
 
     @property
     def ndcg_drop(self) -> float:
@@ -331,15 +282,19 @@ def export_int8(
     chunks: pd.DataFrame,
     check_queries: tuple[str, tuple],
     samples: list[str],
-    settings: Int8ExportSettings = Int8ExportSettings(),
+    settings: Int8ExportSettings = INT8_EXPORT,
+    short_texts: list[str] | None = None,
 ) -> Int8Export:
-    """The int8 stage: quantize the fp32 export (`quantize_int8`), compare it with PyTorch on `samples` and
+    """The int8 stage: quantize the fp32 export (`quantize_int8`, its attention layers too where `short_texts`,
+    e.g. held-out synthetic questions, allow it when `settings.quantize_attention`), compare it with PyTorch on
+    `samples` and
     with the fp32 export's retrieval on `check_queries` (name, (queries, qrels, qrels on documents): see
     `core.report.export_check_queries`), and record in its export.json whether it is recommended (a failed
     check marks it not recommended, with the reason; it never blocks)."""
     from embed_pipeline.core.report import evaluate_systems
 
-    onnx_file = quantize_int8(fp32_dir, out_dir)
+    attention_texts = short_texts if settings.quantize_attention else None
+    onnx_file = quantize_int8(fp32_dir, out_dir, attention_texts, settings.attention_max_cosine_loss)
     close = parity(model_dir, out_dir, samples)
     name, query_set = check_queries
     scored = evaluate_systems(chunks, {name: query_set}, {"fp32": str(fp32_dir), "int8": str(out_dir)})
@@ -363,4 +318,5 @@ def export_int8(
         parity_passed=close["min_cosine"] >= settings.min_cosine,
         retrieval_passed=drop <= settings.max_ndcg_drop,
         recommendation=recommendation,
+        attention=json.loads((out_dir / EXPORT_INFO).read_text(encoding="utf-8"))["quantization"]["attention"],
     )

@@ -185,7 +185,19 @@ def create_app(
     limits = limits or ServeLimits()
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-    encoder = OnnxEncoder(onnx_dir)
+    registry = CollectorRegistry()  # one per app: several apps (tests) never share counters
+    model_tokens = Counter("embed_model_tokens", "Tokens the model computed, padding excluded.", registry=registry)
+    model_positions = Counter(
+        "embed_model_positions",
+        "Positions the model computed, padding included (padded share = 1 - tokens / positions).",
+        registry=registry,
+    )
+
+    def count_positions(tokens: int, positions: int) -> None:
+        model_tokens.inc(tokens)
+        model_positions.inc(positions)
+
+    encoder = OnnxEncoder(onnx_dir, workers=limits.model_workers or None, on_batch=count_positions)
     name = model_name or Path(onnx_dir).resolve().name
     if not encoder.recommendation.get("recommended", True):
         log.warning("Serving %s, which is marked not recommended: %s", onnx_dir, encoder.recommendation["reason"])
@@ -195,7 +207,6 @@ def create_app(
     max_chars = encoder.max_seq_length * CHARS_PER_TOKEN
     app = FastAPI(title="embed_pipeline embeddings", version="1")
     started = int(time.time())
-    registry = CollectorRegistry()  # one per app: several apps (tests) never share counters
     requests = Counter("embed_requests", "Requests to /v1/embeddings by HTTP status.", ["status"], registry=registry)
     latency = Histogram("embed_request_seconds", "Latency of /v1/embeddings requests.", registry=registry)
     texts_total = Counter("embed_texts", "Texts embedded.", registry=registry)
@@ -207,7 +218,9 @@ def create_app(
         registry=registry,
     )
     batcher = DynamicBatcher(
-        lambda texts, options: encoder.embed(texts, batch_size=32, keep_end=options[0], dimensions=options[1]),
+        lambda texts, options: encoder.embed(
+            texts, batch_size=32, keep_end=options[0], dimensions=options[1], max_tokens=limits.call_tokens or None
+        ),
         cost=lambda text: min(encoder.max_seq_length, len(text) // 4 + 2),
         wait_ms=limits.batch_wait_ms,
         max_texts=limits.max_batch_texts,

@@ -29,9 +29,17 @@ class ServeLimits:
         4096, "Most texts waiting for the model; a request beyond that gets 503 with Retry-After."
     )
     request_timeout_s: float = _limit(30.0, "A request not answered within this many seconds gets 503.")
+    model_workers: int = _limit(
+        0, "Model calls run at once; 0: one per CPU core, each single-threaded, on the CPU (one on a GPU)."
+    )
+    call_tokens: int = _limit(
+        0,
+        "Most padded positions (texts x longest text) per model call, texts sorted by length; 0: the device's "
+        "default (256 on the CPU, where small calls stay in cache; 16384 on a GPU).",
+    )
 
     def __post_init__(self) -> None:
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if value < 0 or (value == 0 and setting.name != "batch_wait_ms"):
+            if value < 0 or (value == 0 and setting.name not in ("batch_wait_ms", "model_workers", "call_tokens")):
                 raise ValueError(f"--{setting.name.replace('_', '-')} must be positive, got {value}")

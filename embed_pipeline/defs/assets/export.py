@@ -12,7 +12,7 @@ from embed_pipeline.config import ExportConfig, Int8ExportConfig, TensorRTConfig
 from embed_pipeline.core.export import EXPORT_INFO, export_int8, export_onnx, parity
 from embed_pipeline.core.report import export_check_queries
 from embed_pipeline.core.tensorrt import build_tensorrt_engine, tensorrt_unavailable_reason
-from embed_pipeline.defs.metadata import count_table
+from embed_pipeline.defs.metadata import count_table, records_table
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource
 
@@ -20,6 +20,7 @@ PARITY_CHECK = "matches_pytorch"
 INT8_PARITY_CHECK = "int8_close_to_pytorch"
 INT8_RETRIEVAL_CHECK = "int8_retrieval_matches_fp32"
 TENSORRT_PARITY_CHECK = "tensorrt_close_to_pytorch"
+SHORT_TEXTS = 256
 # Every export: one per corpus version, in the export group, on the accelerator's pool.
 EXPORT_STEP = {"partitions_def": corpus_versions, "group_name": "export", "pool": "gpu"}
 
@@ -27,6 +28,13 @@ EXPORT_STEP = {"partitions_def": corpus_versions, "group_name": "export", "pool"
 def _samples(chunked_corpus: pd.DataFrame) -> list[str]:
     """Texts the exports are compared on: real passages, a short query and one longer than the model's limit."""
     return chunked_corpus["passage"].head(16).tolist() + ["short query?", "a " * 400]
+
+
+def _short_texts(qa_splits: pd.DataFrame) -> list[str]:
+    """Short texts the int8 export's attention layers are chosen on: the validation split's synthetic questions
+    (at most `SHORT_TEXTS`), never the real queries the export is then checked on."""
+    questions = qa_splits.loc[qa_splits["split"] == "validation", "question"]
+    return questions.head(SHORT_TEXTS).tolist() or qa_splits["question"].head(SHORT_TEXTS).tolist()
 
 
 @dg.asset(
@@ -75,6 +83,20 @@ def onnx_model(
     )
 
 
+def _attention_trials(attention: dict) -> dict:
+    """The attention choice's trials as a table: the layers quantized, the short texts' lowest cosine, accepted."""
+    if not attention.get("trials"):
+        return {}
+    rows = [
+        {"quantized": ", ".join(t["quantized"]) or "none", "min_cosine": t["min_cosine"], "accepted": t["accepted"]}
+        for t in attention["trials"]
+    ]
+    return {
+        "attention_floor": attention["floor"],
+        "attention_trials": records_table(rows),
+    }
+
+
 @dg.asset(
     **EXPORT_STEP,
     kinds={"onnx"},
@@ -119,6 +141,7 @@ def onnx_int8_model(
         export_check_queries(qa_splits, pipeline.eval_beir_dir, pipeline.seed_queries()),
         _samples(chunked_corpus),
         config.settings(),
+        short_texts=_short_texts(qa_splits),
     )
     recommendation = int8.recommendation
     if not recommendation["recommended"]:
@@ -144,6 +167,9 @@ def onnx_int8_model(
             "ndcg@10_fp32": int8.ndcg_fp32,
             "ndcg@10_int8": int8.ndcg_int8,
             **checked,
+            "attention_layers_quantized": f"{len(int8.attention['quantized'])} of "
+            f"{len(int8.attention['quantized']) + len(int8.attention['kept_fp32'])}",
+            **_attention_trials(int8.attention),
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
