@@ -239,19 +239,25 @@ def test_concurrent_requests_are_batched_together_and_each_gets_its_own_vectors(
     with _serving(create_app(onnx_dir, limits=ServeLimits(batch_wait_ms=300))) as url:
         start = threading.Barrier(len(requests))
 
-        def call(texts: list[str]) -> np.ndarray:
+        def call(texts: list[str]) -> tuple[np.ndarray, int]:
             start.wait()
-            data = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60).json()["data"]
-            return np.array([d["embedding"] for d in data])
+            body = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60).json()
+            return np.array([d["embedding"] for d in body["data"]]), body["usage"]["prompt_tokens"]
 
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             got = list(pool.map(call, requests))
         metrics = httpx.get(f"{url}/metrics").text
-    for vectors, want in zip(got, expected, strict=True):
+    for (vectors, _), want in zip(got, expected, strict=True):
         assert np.abs(vectors - want).max() < 1e-4
     calls = float(re.search(r"^embed_batch_texts_count (\S+)$", metrics, re.M).group(1))
     texts = float(re.search(r"^embed_batch_texts_sum (\S+)$", metrics, re.M).group(1))
     assert texts == 16 and calls < len(requests)  # 8 requests, fewer model calls
+    # The model's own count of what it computed: every billed token once, plus the padding of its calls.
+    tokens, positions = (
+        float(re.search(rf"^embed_model_{name}_total (\S+)$", metrics, re.M).group(1))
+        for name in ("tokens", "positions")
+    )
+    assert tokens == sum(usage for _, usage in got) and tokens <= positions
 
 
 JSON = st.recursive(

@@ -21,9 +21,11 @@ class ServeLimits:
         "How long a request waits for others to be encoded with; 0: only those that queued while the model was "
         "busy (continuous batching).",
     )
-    max_batch_texts: int = _limit(128, "Most texts per model call.")
+    max_batch_texts: int = _limit(128, "Most texts taken from the queue at once.")
     max_batch_tokens: int = _limit(
-        8192, "Most estimated tokens per model call: a long request is split over calls and short ones join them."
+        8192,
+        "Most estimated tokens taken from the queue at once (then sorted by length and cut into model calls of "
+        "--call-tokens): a long request is split over several takes and short ones join them.",
     )
     max_queued_texts: int = _limit(
         4096, "Most texts waiting for the model; a request beyond that gets 503 with Retry-After."
