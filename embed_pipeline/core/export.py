@@ -286,7 +286,7 @@ def export_int8(
     short_texts: list[str] | None = None,
 ) -> Int8Export:
     """The int8 stage: quantize the fp32 export (`quantize_int8`, its attention layers too where `short_texts`,
-    e.g. held-out synthetic questions, allow it when `settings.quantize_attention`), compare it with PyTorch on
+    e.g. the synthetic training questions, allow it when `settings.quantize_attention`), compare it with PyTorch on
     `samples` and
     with the fp32 export's retrieval on `check_queries` (name, (queries, qrels, qrels on documents): see
     `core.report.export_check_queries`), and record in its export.json whether it is recommended (a failed

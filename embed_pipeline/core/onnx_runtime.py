@@ -139,7 +139,7 @@ class OnnxEncoder:
         """Return float32 unit-length embeddings, one row per text, of the first ``dimensions`` components
         (default: all), truncating to max_seq_length (dropping the start of an over-long text instead of its
         end with `keep_end`). Texts are batched by length (`plan_batches`: at most ``batch_size`` texts and
-        `MAX_BATCH_TOKENS` padded positions per model call), so little compute goes to padding."""
+        `max_batch_tokens` padded positions per model call), so little compute goes to padding."""
         return self.embed(texts, batch_size, keep_end, dimensions)[0]
 
     def embed(

@@ -99,9 +99,15 @@ def quantize_int8(
             if item.is_file() and item.name != ONNX_FILE:
                 shutil.copy2(item, staging / item.name)
 
+        written: list[str] | None = None  # the attention layers of the candidate now in the staging folder
+
         def quantize(attention: list[str]) -> Path:
-            """Quantize into the staging folder with the `attention` layers quantized, the others fp32."""
-            _quantize_dynamic(source, staging / ONNX_FILE, attention, layers, reduce_range)
+            """Quantize into the staging folder with the `attention` layers quantized, the others fp32 (unless that
+            candidate is the one already there)."""
+            nonlocal written
+            if attention != written:
+                _quantize_dynamic(source, staging / ONNX_FILE, attention, layers, reduce_range)
+                written = list(attention)
             return staging
 
         choice = None

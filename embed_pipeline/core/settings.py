@@ -327,8 +327,9 @@ class Int8ExportSettings(StageSettings):
     )
     quantize_attention: bool = Field(
         default=True,
-        description="Quantize the attention layers' projections too, each one only where the held-out synthetic "
-        "questions' lowest cosine to the fp32 export stays within attention_max_cosine_loss (measured per layer).",
+        description="Quantize the attention layers' projections too, each one only where the synthetic training and "
+        "validation questions' lowest cosine to the fp32 export stays within attention_max_cosine_loss (measured "
+        "per layer).",
     )
     attention_max_cosine_loss: float = Field(
         default=0.002,

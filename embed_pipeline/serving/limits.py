@@ -43,5 +43,7 @@ class ServeLimits:
     def __post_init__(self) -> None:
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if value < 0 or (value == 0 and setting.name not in ("batch_wait_ms", "model_workers", "call_tokens")):
-                raise ValueError(f"--{setting.name.replace('_', '-')} must be positive, got {value}")
+            zero_allowed = setting.name in ("batch_wait_ms", "model_workers", "call_tokens")
+            if value < 0 or (value == 0 and not zero_allowed):
+                bound = "0 or more" if zero_allowed else "positive"
+                raise ValueError(f"--{setting.name.replace('_', '-')} must be {bound}, got {value}")
