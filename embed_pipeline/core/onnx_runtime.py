@@ -1,11 +1,11 @@
 """Run an ONNX export (`core.export.export_onnx`) with onnxruntime and the `tokenizers` library only: no torch,
 no transformers, so the server that imports this starts fast and fits a small container.
 
-How the CPU is used (measured on this project's 2-core CPU, `bench/serving_speed.py`): texts are sorted by
+How the CPU is used (measured on this project's 2-core CPU, `bench/serving_levers.py`): texts are sorted by
 token count and cut into model calls of at most `CPU_BATCH_TOKENS` padded positions, because small calls keep
-their activations in the core's cache (int8 MiniLM, in-process: 95 texts/s at 512 positions per call against
-59 at 8,192, and 110 at 256 with the layout below); the calls run on one worker thread per core, each
-onnxruntime call single-threaded (105 texts/s against 88 for one two-thread call at a time). On a GPU one
+their activations in the core's cache (int8 MiniLM, in-process: 69.5 texts/s at 8,192 positions per call, 91.8
+at 512, 100.9 at 256 with the layout below); the calls run on one worker thread per core, each onnxruntime
+call single-threaded (102.2 texts/s against 83.7 for one two-thread call at a time). On a GPU one
 worker runs calls of `GPU_BATCH_TOKENS`."""
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class OnnxEncoder:
             options.intra_op_num_threads = max(1, cores // self.workers)
         disabled = []
         if info.get("fused"):
-            # Fused offline (`export_onnx`); the extended passes add the int8 fusions (int8 MiniLM: +7% texts/s), but
-            # not the skip-LayerNormalization one, which the export leaves out on purpose.
+            # Fused offline (`export_onnx`); the extended passes add the int8 fusions (within noise of the basic passes
+            # on this CPU), but not the skip-LayerNormalization one, which the export leaves out on purpose (-16%).
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             disabled = ["SkipLayerNormFusion"]
         self.session = ort.InferenceSession(

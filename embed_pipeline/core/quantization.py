@@ -2,12 +2,12 @@
 
 The projections, feed-forward layers and embedding tables are always quantized (weights int8 per channel,
 activations at run time). A fused attention layer's QKV projection can be quantized too (onnxruntime's
-`QAttention`): about 29% more texts/s on MiniLM, but all six layers at once cost short texts up to 0.014
-cosine to the fp32 export. So with `short_texts`, `quantize_int8` measures each attention layer's cost on them
-and keeps in fp32 the costliest layers until the short texts' lowest cosine to the fp32 export is within
-`max_cosine_loss` of the export with all attention in fp32; every trial is recorded in export.json. The int8
-graph also computes GELU by its tanh approximation (`FastGelu`): 5% more texts/s, with the same cosines to
-fp32 (0.9879 against 0.9878 at the lowest of the sample's 150 claims).
+`QAttention`): 79 → 111 texts/s on MiniLM (`bench/serving_levers.py`), but all six layers at once cost
+short texts up to 0.014 cosine to the fp32 export. So with `short_texts`, `quantize_int8` measures each
+attention layer's cost on them and keeps in fp32 the costliest layers until the short texts' lowest cosine to
+the fp32 export is within `max_cosine_loss` of the export with all attention in fp32; every trial is recorded
+in export.json. The int8 graph also computes GELU by its tanh approximation (`FastGelu`): 97.0 → 101.6
+texts/s, with the same cosines to fp32 (0.9879 against 0.9878 at the lowest of the sample's 150 claims).
 
 Example::
 
