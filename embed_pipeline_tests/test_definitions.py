@@ -12,6 +12,7 @@ from embed_pipeline.defs.partitions import corpus_versions
 REPO = Path(__file__).resolve().parents[1]
 GPU_STEPS = {
     "hard_negatives",
+    "teacher",
     "teacher_scores",
     "finetuned_model",
     "beir_report",
@@ -53,10 +54,11 @@ def test_lineage_and_gpu_pool():
         "synthetic_qa": {"chunked_corpus"},
         "qa_splits": {"synthetic_qa"},
         "hard_negatives": {"qa_splits", "chunked_corpus"},
-        "teacher_scores": {"hard_negatives", "qa_splits", "chunked_corpus"},
+        "teacher": {"qa_splits", "chunked_corpus", "hard_negatives"},
+        "teacher_scores": {"teacher", "hard_negatives", "qa_splits", "chunked_corpus"},
         "training_set": {"teacher_scores", "chunked_corpus"},
-        "finetuned_model": {"training_set", "qa_splits", "chunked_corpus"},
-        "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model"},
+        "finetuned_model": {"training_set", "qa_splits", "chunked_corpus", "teacher"},
+        "beir_report": {"chunked_corpus", "qa_splits", "finetuned_model", "teacher"},
         "onnx_model": {"finetuned_model", "chunked_corpus", "beir_report"},  # behind the blocking gates
         "onnx_int8_model": {"finetuned_model", "onnx_model", "chunked_corpus", "qa_splits"},
         **({} if TENSORRT_LEFT_OUT else {"tensorrt_engine": {"finetuned_model", "chunked_corpus", "beir_report"}}),

@@ -197,7 +197,7 @@ def test_a_new_document_becomes_a_corpus_version_built_by_the_sensor_run(postgre
             assert [(m["runId"], m["partition"]) for m in node["assetMaterializations"]] == [(run["runId"], version)]
             lineage[asset] = sorted("/".join(k["path"]) for k in node["dependencyKeys"])
         assert lineage["raw_documents"] == [] and lineage["synthetic_qa"] == ["chunked_corpus"]
-        assert lineage["beir_report"] == ["chunked_corpus", "finetuned_model", "qa_splits"]
+        assert lineage["beir_report"] == ["chunked_corpus", "finetuned_model", "qa_splits", "teacher"]
         assert (artifacts / "versions" / version / "documents" / "corpus.jsonl").is_file()
         assert list((artifacts / "versions" / version / "models").glob("onnx-int8-*/model.onnx"))
 

@@ -562,3 +562,22 @@ def test_evaluation_settings_that_cannot_work_are_refused_before_any_scoring(tmp
     empty = pd.DataFrame(columns=["chunk_id", "doc_id", "passage"])
     with pytest.raises(ValueError, match="gate_metric 'nDCG@7' is not a reported metric"):
         evaluate_and_gate(empty, empty, {"path": "unused"}, "unused", EvaluationSettings(gate_metric="nDCG@7"))
+
+
+def test_a_tuned_model_equal_to_its_base_is_marked_no_gain_and_a_clear_lift_is_a_gain():
+    from embed_pipeline.core.report import NO_GAIN, improvement, improvement_summary, paired_comparison
+
+    same = {f"q{i}": s for i, s in enumerate([0.2, 0.5, 0.9, 1.0, 0.0, 0.7])}
+    equal = {"query_sets": {REAL: {"fine_tuned_minus_base": {"nDCG@10": paired_comparison(same, dict(same))}}}}
+    verdict = improvement(equal)
+    assert verdict["improved"] is False and verdict["verdict"] == NO_GAIN and verdict["query_set"] == REAL
+    assert improvement_summary(verdict).startswith("No gain:") and "base model serves as well" in improvement_summary(
+        verdict
+    )
+    better = {q: min(1.0, s + 0.3) for q, s in same.items()}
+    lifted = {"query_sets": {REAL: {"fine_tuned_minus_base": {"nDCG@10": paired_comparison(same, better)}}}}
+    assert improvement(lifted)["improved"] and improvement_summary(improvement(lifted)).startswith("Gain:")
+    # Without real queries the validation questions judge; with neither, no gain is shown.
+    no_real = {"query_sets": {}}
+    assert improvement(no_real, paired_comparison(same, better))["query_set"] == "validation questions"
+    assert improvement(no_real)["improved"] is False and improvement(no_real)["verdict"] == NO_GAIN

@@ -298,14 +298,18 @@ SHORT_TEXTS = ["hi", "short query?", "p53", "solar panels", "What is BM25?", "ro
 def test_parity_check_on_quantized_attention_rejects_layers_that_cost_short_texts_too_much(
     exported: Path, tmp_path: Path
 ) -> None:
-    """With no loss allowed, quantizing all six attention layers (which costs one-word texts cosine) is rejected
-    and layers go back to fp32 until the short texts' lowest cosine to fp32 is as good as without them."""
+    """With no loss allowed, quantizing all six attention layers is rejected where it costs the short texts
+    cosine (on CPUs whose int8 kernels round them worse, e.g. without VNNI) and layers go back to fp32 until the
+    short texts' lowest cosine to fp32 is as good as without them; where it costs nothing, all six are kept."""
     quantize_int8(exported, tmp_path / "strict", short_texts=SHORT_TEXTS, max_cosine_loss=0.0)
     choice = json.loads((tmp_path / "strict" / "export.json").read_text())["quantization"]["attention"]
     first = choice["trials"][0]
-    assert len(first["quantized"]) == 6 and first["min_cosine"] < choice["floor"] and not first["accepted"]
-    assert set(choice["alone"]) == set(first["quantized"])  # each layer measured alone before any went back
-    assert len(choice["kept_fp32"]) >= 1 and len(choice["quantized"]) + len(choice["kept_fp32"]) == 6
+    assert len(first["quantized"]) == 6 and first["accepted"] == (first["min_cosine"] >= choice["floor"])
+    if first["accepted"]:
+        assert choice["quantized"] == first["quantized"] and choice["alone"] == {} and len(choice["trials"]) == 1
+    else:
+        assert set(choice["alone"]) == set(first["quantized"])  # each layer measured alone before any went back
+        assert len(choice["kept_fp32"]) >= 1 and len(choice["quantized"]) + len(choice["kept_fp32"]) == 6
     # The export written is the accepted one: measured again here, its lowest cosine reaches the floor.
     fp32 = OnnxEncoder(exported).encode(SHORT_TEXTS)
     lowest = (OnnxEncoder(tmp_path / "strict").encode(SHORT_TEXTS) * fp32).sum(axis=1).min()

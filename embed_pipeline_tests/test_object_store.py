@@ -190,6 +190,8 @@ def test_every_asset_on_an_object_store_with_steps_on_different_machines(s3, tmp
     small = {
         "qa_splits": {"config": {"test_fraction": 0.4}},
         "hard_negatives": {"config": {"num_mined": 2}},
+        "teacher": {"config": {"candidates": ["bm25"]}},
+        "teacher_scores": {"config": {"mined_negatives": 1, "pseudo_queries_per_chunk": 1}},
         "training_set": {"config": {"num_negatives": 1}},
         "finetuned_model": {"config": {"epochs": 1, "num_negatives": 1}},
         "beir_report": {"config": {"gate_tolerance": 1.0, "regression_beir": None}},
@@ -201,6 +203,7 @@ def test_every_asset_on_an_object_store_with_steps_on_different_machines(s3, tmp
         "synthetic_qa",
         "qa_splits",
         "hard_negatives",
+        "teacher",
         "teacher_scores",
         "training_set",
     ]

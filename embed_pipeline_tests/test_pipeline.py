@@ -14,7 +14,7 @@ from embed_pipeline.core.evaluation import KS
 from embed_pipeline.core.report import REAL, SYNTHETIC
 from embed_pipeline.core.sdg import check_query
 from embed_pipeline.definitions import TENSORRT_LEFT_OUT, defs, materialize_version, run_outcome
-from embed_pipeline.defs.assets.evaluation import GATE_CHECK, REGRESSION_CHECK
+from embed_pipeline.defs.assets.evaluation import GATE_CHECK, IMPROVEMENT_CHECK, REGRESSION_CHECK
 from embed_pipeline.defs.automation import COMMIT_TAG, TRIGGER_TAG, USER_TAG
 from embed_pipeline.defs.checks import CHUNKS_CHECK, QUESTIONS_CHECK, ROWS_CHECK, SPLITS_CHECK
 from embed_pipeline.defs.resources import SAMPLE_CORPUS, PipelineResource
@@ -81,11 +81,12 @@ def materialized(tiny_beir, tmp_path_factory, instance):
     run_config = {
         "ops": {
             "synthetic_qa": {"config": {"questions_per_chunk": 2, "temperature": 0.7}},
-            "qa_splits": {"config": {"test_fraction": 0.3}},
+            "qa_splits": {"config": {"test_fraction": 0.3, "validation_fraction": 0.3}},
             "hard_negatives": {"config": {"num_mined": 3, "document_pairs": ["title", "cloze"]}},
-            "teacher_scores": {"config": {"teacher": "hybrid"}},
+            "teacher": {"config": {"teacher": "bm25@0.5+base@0.5", "candidates": ["bm25"]}},
+            "teacher_scores": {"config": {"mined_negatives": 2, "teacher_top": 1, "student_top": 1}},
             "training_set": {"config": {"num_negatives": 2}},
-            "finetuned_model": {"config": {"epochs": 1, "num_negatives": 2, "loss": "mnrl+margin_mse"}},
+            "finetuned_model": {"config": {"epochs": 1, "num_negatives": 2, "loss": "kl+mnrl"}},
         }
     }
     result = materialize_version(VERSION, pipeline, instance, device="cpu", run_config=run_config)
@@ -103,6 +104,7 @@ def test_every_asset_materializes_with_metadata(materialized):
         "synthetic_qa",
         "qa_splits",
         "hard_negatives",
+        "teacher",
         "teacher_scores",
         "training_set",
         "finetuned_model",
@@ -113,8 +115,12 @@ def test_every_asset_materializes_with_metadata(materialized):
     for event in events:
         assert event.event_specific_data.materialization.metadata, event.asset_key
     metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in events}
-    assert metadata["teacher_scores"]["teacher"].value == "hybrid"
+    assert metadata["teacher"]["teacher"].value == "bm25@0.5+base@0.5"
+    assert {r.data["teacher"] for r in metadata["teacher"]["candidates"].records} >= {"base", "bm25"}
     assert metadata["teacher_scores"]["teacher_margins"].value > 0
+    sources = set(_column(metadata["teacher_scores"]["queries_by_source"], "source"))
+    assert "llm" in sources and sources - {"llm"} <= {"title", "heading", "sentence", "span", "cloze"}
+    assert sources & {"sentence", "span"}  # pseudo-queries were trained on
     assert "llm" in _column(metadata["training_set"]["rows_by_source"], "source")
     assert set(_column(metadata["hard_negatives"]["questions_by_source"], "source")) <= {"llm", "title", "cloze"}
     # Tables carry Dagster's row count and column schema; curves are tables with a point per logged step.
@@ -127,7 +133,10 @@ def test_every_asset_materializes_with_metadata(materialized):
     assert trained["final_loss"].value == trained["loss_curve"].records[-1].data["loss"]
     assert "data:image/png;base64," in trained["training_curves"].value
     rows = result.output_for_node("training_set")
-    assert "label" in rows.columns and len(rows["label"].iloc[0]) == 2  # one teacher margin per negative
+    # The teacher's score of each of the 5 candidates (positive, 2 mined, 1 teacher's, 1 student's), then trust.
+    assert "label" in rows.columns and {len(label) for label in rows["label"]} == {6}
+    assert set(rows.loc[rows["source"] == "llm", "label"].map(lambda label: label[-1])) == {1.0}
+    assert trained["mixing_weight"].value in (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _column(table: dg.TableMetadataValue, name: str) -> list:
@@ -241,7 +250,8 @@ def test_report_has_every_metric_for_every_system_on_both_query_sets(materialize
     fusion = result.output_for_node("finetuned_model")["fusion"]
     hybrids = {f"hybrid ({'base' if m == 'base' else 'tuned'})" for m, f in fusion.items() if f}
     assert set(report.get("hybrid_weights", {})) == hybrids
-    systems = {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)", *hybrids}
+    assert report["teacher"] == "bm25@0.5+base@0.5"  # the student's teacher gets its own row, zero-shot
+    systems = {"BM25", "base", "fine-tuned", "hybrid (RRF: BM25 + fine-tuned)", "teacher", *hybrids}
     for entry in report["query_sets"].values():
         assert set(entry["systems"]) == systems
         assert set(entry["vs_base"]) == systems - {"base"}
@@ -272,6 +282,7 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     assert set(passed) == {
         GATE_CHECK,
         REGRESSION_CHECK,
+        IMPROVEMENT_CHECK,
         "matches_pytorch",
         "int8_close_to_pytorch",
         INT8_RETRIEVAL,
@@ -283,6 +294,17 @@ def test_checkpoint_is_safetensors_and_loads_and_onnx_parity_check_passes(materi
     assert all(passed[name] for name in (CHUNKS_CHECK, QUESTIONS_CHECK, SPLITS_CHECK, ROWS_CHECK))
     assert {c.partition for c in checks} == {VERSION}  # every verdict is tied to its corpus version
     assert passed[GATE_CHECK] and passed[REGRESSION_CHECK] and passed["matches_pytorch"]
+    # "Improves on its base" is a warning whose verdict the report states and every export carries.
+    gain = result.output_for_node("beir_report")["improvement"]
+    warning = next(c for c in checks if c.check_name == IMPROVEMENT_CHECK)
+    assert warning.severity == dg.AssetCheckSeverity.WARN and warning.passed == gain["improved"]
+    assert gain["query_set"] == REAL and gain["verdict"] == (
+        "gain" if gain["improved"] else "no gain: the base model serves as well"
+    )
+    export_info = json.loads((Path(result.output_for_node("onnx_model")["path"]) / "export.json").read_text())
+    assert export_info["verdict"]["verdict"] == gain["verdict"]
+    assert export_info["training"]["teacher"] == "bm25@0.5+base@0.5" and export_info["training"]["loss"] == "kl+mnrl"
+    assert export_info["training"]["mixing_weight"] == result.output_for_node("finetuned_model")["mixing_weight"]
     # With a handful of test questions one swapped rank moves nDCG by more than the tolerance: only its
     # bookkeeping is asserted here (the check's arithmetic is the asset's one line).
     int8_drop = result.output_for_node("onnx_int8_model")["ndcg@10_drop_vs_fp32"]
@@ -315,7 +337,8 @@ def test_gate_blocks_the_export_of_a_fine_tune_broken_by_shuffled_labels(materia
         artifacts_dir=str(tmp_path / "artifacts"),
         eval_beir_dir=str(tiny_beir),
     )
-    config = {"epochs": 5, "num_negatives": 2, "learning_rate": 5e-3, "batch_size": 4}
+    # No mixing with the base weights: mixing would rightly restore the base, and the gate is what is tested.
+    config = {"epochs": 5, "num_negatives": 2, "learning_rate": 5e-3, "batch_size": 4, "mixing_weights": [1.0]}
     with dg.instance_for_test() as instance:
         result = materialize_version(
             VERSION,

@@ -1,13 +1,35 @@
+"""Teachers: building and choosing them, their scores of candidate lists, an embedding API as one, and the
+student learning their scores."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from sentence_transformers import SentenceTransformer
 
 from embed_pipeline.core.device import base_model_path
-from embed_pipeline.core.mining import unroll_training_rows
+from embed_pipeline.core.document_pairs import pseudo_queries
+from embed_pipeline.core.llm import LLMSettings
+from embed_pipeline.core.mining import unroll_taught_rows
 from embed_pipeline.core.settings import TeacherSettings, TrainingSettings
-from embed_pipeline.core.teachers import hybrid_teacher_scores, score_with_teacher
-from embed_pipeline.core.training import ValidationSet, finetune
+from embed_pipeline.core.teachers import (
+    TeacherContext,
+    build_teacher,
+    choose_teacher,
+    parse_teacher,
+    score_candidate_lists,
+)
+from embed_pipeline.core.teachers.api import ApiEncoder
+from embed_pipeline.core.teachers.scoring import CandidateLists
+from embed_pipeline.core.training import ValidationSet, finetune, interpolate_weights
+from embed_pipeline_tests.openai_stub import OpenAIStub
 
 PAIRS = [
     (
@@ -41,153 +63,270 @@ def _cosines(model_dir, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return (q * p).sum(1), (q * n).sum(1)
 
 
-def test_teacher_margins_reach_the_loss_a_teacher_preferring_the_negative_reverses_the_order(tmp_path):
+@pytest.mark.parametrize("loss", ["kl", "margin_mse"])
+def test_a_teacher_that_prefers_the_negative_reverses_the_students_order(tmp_path, loss):
     rows = pd.DataFrame(
         {
             "question_id": [f"q{i}" for i in range(len(PAIRS))],
             "anchor": [q for q, _, _ in PAIRS],
             "positive": [p for _, p, _ in PAIRS],
             "negative_1": [n for _, _, n in PAIRS],
-            "label": [[-0.6]] * len(PAIRS),  # the teacher: the "negative" is 0.6 more relevant
+            "negative_2": [PAIRS[(i + 1) % len(PAIRS)][2] for i in range(len(PAIRS))],
+            # The teacher's scores of (positive, negative_1, negative_2), then "positive not trusted".
+            "label": [[0.2, 0.8, 0.1, 0.0]] * len(PAIRS),
         }
     )
     before_pos, before_neg = _cosines(base_model_path(None), rows)
     assert (before_pos > before_neg).all()
-    finetune(
-        rows,
-        base_model_path(None),
-        tmp_path / "m",
-        TrainingSettings(epochs=15, batch_size=4, learning_rate=2e-4, loss="margin_mse", warmup_steps=0),
+    settings = TrainingSettings(
+        epochs=15, batch_size=4, learning_rate=2e-4, loss=loss, warmup_steps=0, temperature=0.05, mixing_weights=[1.0]
     )
+    finetune(rows, base_model_path(None), tmp_path / "m", settings)
     after_pos, after_neg = _cosines(tmp_path / "m", rows)
     assert (after_neg > after_pos).all()
 
 
-def test_margin_loss_without_teacher_scores_is_a_clear_error(tmp_path):
+def test_teacher_losses_without_teacher_scores_are_a_clear_error(tmp_path):
     rows = pd.DataFrame({"question_id": ["q"], "anchor": ["a"], "positive": ["p"], "negative_1": ["n"]})
     with pytest.raises(ValueError, match="needs teacher scores"):
-        finetune(rows, base_model_path(None), tmp_path / "m", TrainingSettings(loss="mnrl+margin_mse"))
+        finetune(rows, base_model_path(None), tmp_path / "m", TrainingSettings(loss="kl+mnrl"))
 
 
-def _mined_toy():
-    chunks = pd.DataFrame(
+def test_mixing_weight_0_gives_the_base_weights_exactly_and_1_the_trained_ones(tmp_path):
+    base = SentenceTransformer(base_model_path(None), device="cpu").state_dict()
+    tuned = {k: v + 1.0 if v.is_floating_point() else v for k, v in base.items()}
+    for weight, expected in ((0.0, base), (1.0, tuned)):
+        mixed = interpolate_weights(base, tuned, weight)
+        assert all(mixed[k].equal(expected[k]) for k in base)
+    half = interpolate_weights(base, tuned, 0.5)
+    name = next(k for k, v in base.items() if v.is_floating_point())
+    assert np.allclose(half[name].numpy(), base[name].numpy() + 0.5)
+    with pytest.raises(ValueError, match="within"):
+        interpolate_weights(base, tuned, 1.5)
+    rows = pd.DataFrame(
         {
-            "chunk_id": ["c0", "c1", "c2", "c3"],
-            "doc_id": ["d0", "d1", "d2", "d3"],
-            "passage": [p for _, p, _ in PAIRS[:2]] + [n for _, _, n in PAIRS[:2]],
+            "question_id": [f"q{i}" for i in range(len(PAIRS))],
+            "anchor": [q for q, _, _ in PAIRS],
+            "positive": [p for _, p, _ in PAIRS],
+            "negative_1": [n for _, _, n in PAIRS],
         }
     )
+    validation = ValidationSet(
+        queries={f"v{i}": q for i, (q, _, _) in enumerate(PAIRS)},
+        corpus={f"c{i}": p for i, (_, p, _) in enumerate(PAIRS)},
+        relevant={f"v{i}": {f"c{i}"} for i in range(len(PAIRS))},
+    )
+    settings = TrainingSettings(epochs=1, batch_size=4, learning_rate=1e-3, mixing_weights=[0.0])
+    stats = finetune(rows, base_model_path(None), tmp_path / "m", settings, validation=validation)
+    saved = SentenceTransformer(str(tmp_path / "m"), device="cpu").state_dict()
+    assert stats["mixing_weight"] == 0.0 and all(saved[k].equal(base[k]) for k in base)
+    assert stats["validation_vs_base"]["delta"] == 0.0
+
+
+def _toy_chunks() -> pd.DataFrame:
+    passages = [p for _, p, _ in PAIRS] + [n for _, _, n in PAIRS]
+    return pd.DataFrame(
+        {
+            "chunk_id": [f"d{i}#c" for i in range(len(passages))],
+            "doc_id": [f"d{i}" for i in range(len(passages))],
+            "title": [""] * len(passages),
+            "heading": [""] * len(passages),
+            "text": passages,
+            "passage": passages,
+        }
+    )
+
+
+def _context(tmp_path: Path) -> TeacherContext:
+    return TeacherContext(
+        base_model=base_model_path(None),
+        base_cache=tmp_path / "base",
+        passage_cache=lambda identity: tmp_path / hashlib.sha256(identity.encode()).hexdigest()[:8],
+    )
+
+
+def test_candidate_lists_keep_a_trusted_positive_first_and_give_pseudo_queries_other_documents(tmp_path):
+    chunks = _toy_chunks()
     mined = pd.DataFrame(
         {
             "question_id": ["q0", "q1"],
             "question": [PAIRS[0][0], PAIRS[1][0]],
-            "positive_chunk_id": ["c0", "c1"],
-            "positive_score": [0.5, 0.5],
-            "negative_chunk_ids": [["c2", "c3"], ["c3", "c2"]],
-            "negative_scores": [[0.1, 0.0], [0.1, 0.0]],
+            "source": ["llm", "llm"],
+            "positive_chunk_id": ["d0#c", "d1#c"],
+            "negative_chunk_ids": [["d4#c", "d5#c"], ["d5#c", "d4#c"]],
         }
     )
-    return mined, chunks
-
-
-def test_hybrid_teacher_with_no_bm25_weight_gives_the_base_models_cosines_and_rows_carry_margins():
-    mined, chunks = _mined_toy()
-    model = SentenceTransformer(base_model_path(None), device="cpu")
-    taught = hybrid_teacher_scores(mined, chunks, model, bm25_weight=0.0)
-    q = model.encode(mined["question"].tolist(), normalize_embeddings=True)
-    c = dict(zip(chunks["chunk_id"], model.encode(chunks["passage"].tolist(), normalize_embeddings=True), strict=True))
-    assert taught["teacher_positive_score"].tolist() == pytest.approx(
-        [float(q[0] @ c["c0"]), float(q[1] @ c["c1"])], abs=1e-4
+    pseudo = pd.DataFrame(
+        {"question_id": ["span:d2"], "question": ["harmless antigen"], "doc_id": ["d2"], "source": ["span"]}
     )
-    assert taught["teacher_negative_scores"][0] == pytest.approx(
-        [float(q[0] @ c["c2"]), float(q[0] @ c["c3"])], abs=1e-4
+    context = _context(tmp_path)
+    teacher = build_teacher(parse_teacher("bm25@0.5+base@0.5"), context)
+    student = build_teacher(parse_teacher("base"), context)
+    scored = score_candidate_lists(mined, pseudo, chunks, teacher, student, 1, CandidateLists(1, 1))
+    rows = scored.rows.set_index("question_id")
+    assert scored.list_size == 4 and scored.dropped_short_lists == 0
+    assert rows.loc["q0", "candidate_chunk_ids"][:2] == ["d0#c", "d4#c"]  # positive, then the mined negative
+    assert len(set(rows.loc["q0", "candidate_chunk_ids"])) == 4 and rows.loc["q0", "trusted"]
+    own = rows.loc["span:d2"]
+    assert not own["trusted"] and "d2#c" not in own["candidate_chunk_ids"]  # its own text is not a candidate
+    assert own["teacher_scores"] == sorted(own["teacher_scores"], reverse=True)  # best by the teacher first
+    taught = unroll_taught_rows(scored.rows, chunks)
+    assert list(taught["label"].iloc[0]) == [*rows.loc["q0", "teacher_scores"], 1.0]
+    assert taught.set_index("question_id").loc["span:d2", "label"][-1] == 0.0
+
+
+def test_pseudo_queries_come_from_a_toy_document(tmp_path):
+    chunks = pd.DataFrame(
+        {
+            "chunk_id": ["guide#1", "guide#2"],
+            "doc_id": ["guide", "guide"],
+            "title": ["Rotating the payment provider keys", "Rotating the payment provider keys"],
+            "heading": ["## Before you start the rotation", "## Before you start the rotation"],
+            "text": [
+                "Keys expire every ninety days and the provider warns a week before. Create the new key in the "
+                "console first. Store it in the vault under the billing path.",
+                "Restart the containers one at a time so that payments never stop during the rotation.",
+            ],
+            "passage": ["p1", "p2"],
+        }
     )
-    rows = unroll_training_rows(taught, chunks, num_negatives=2)
-    expected = [taught["teacher_positive_score"][0] - s for s in taught["teacher_negative_scores"][0]]
-    assert rows["label"][0] == pytest.approx(expected, abs=1e-5)
+    queries = pseudo_queries(chunks, per_chunk=2)
+    by_source = queries.groupby("source")["question"].agg(list).to_dict()
+    assert by_source["title"] == ["Rotating the payment provider keys"]
+    assert by_source["heading"] == ["## Before you start the rotation"]
+    assert len(by_source["sentence"]) == 2 and all(s in chunks["text"].str.cat(sep=" ") for s in by_source["sentence"])
+    assert len(by_source["span"]) == 2
+    for span in by_source["span"]:
+        assert 6 <= len(span.split()) <= 16 and span in " ".join(chunks["text"])
+    assert len(pseudo_queries(chunks, per_chunk=2, limit=3)) == 3
+    assert pseudo_queries(chunks, per_chunk=2).equals(queries)  # the same queries every run
+    with pytest.raises(ValueError, match="unknown pseudo-query source"):
+        pseudo_queries(chunks, sources=["cloze"])
 
 
-def test_hybrid_teacher_moves_scores_towards_bm25_and_rejects_a_bad_weight():
-    mined, chunks = _mined_toy()
-    model = SentenceTransformer(base_model_path(None), device="cpu")
-    dense = hybrid_teacher_scores(mined, chunks, model, bm25_weight=0.0)
-    lexical = hybrid_teacher_scores(mined, chunks, model, bm25_weight=1.0)
-    # The positives share words with their questions and the negatives none: BM25 puts the positive at the top
-    # of the question's range and every negative at its bottom.
-    for row in lexical.itertuples():
-        assert row.teacher_positive_score >= max(row.teacher_negative_scores)
-    assert not np.allclose(dense["teacher_positive_score"], lexical["teacher_positive_score"]) or not np.allclose(
-        np.stack(dense["teacher_negative_scores"]), np.stack(lexical["teacher_negative_scores"])
-    )
-    with pytest.raises(ValueError, match="bm25_weight"):
-        hybrid_teacher_scores(mined, chunks, model, bm25_weight=1.5)
-
-
-def test_llm_teacher_grades_each_pair_maps_grades_onto_the_base_range_and_caches_them(tmp_path):
-    from embed_pipeline.core.llm import LLMSettings
-    from embed_pipeline.core.teachers import llm_teacher_scores
-    from embed_pipeline_tests.openai_stub import OpenAIStub
-
-    mined, chunks = _mined_toy()
-    chunks["content_hash"] = [f"h{i}" for i in range(len(chunks))]
-
-    def answer(prompt: str):
-        passage = prompt.split("<passage>")[1].split("</passage>")[0]
-        if "Sourdough" in passage:
-            return "no idea"  # never valid: the pair keeps the base model's score
-        return '{"relevance": 3}' if "Volcanic" in passage else '{"relevance": 1}'
-
-    with OpenAIStub(answer) as server:
-        settings = LLMSettings(model="openai/teacher", api_base=server.url, num_retries=1, backoff_s=0.01)
-        taught, stats = llm_teacher_scores(mined, chunks, settings, tmp_path / "cache.jsonl")
-        first = taught.iloc[0]  # q0: positive c0 graded 1, negatives c2 (Volcanic) 3 and c3 (Sourdough) failed
-        assert first["teacher_negative_scores"][0] == pytest.approx(0.5)  # grade 3: the top of [0.0, 0.5]
-        assert first["teacher_positive_score"] == pytest.approx(0.5 / 3)
-        assert first["teacher_negative_scores"][1] == pytest.approx(0.0)  # failed: base score kept
-        assert stats["failed_pairs"] == 2 and stats["llm_failures"] == 2  # (q0, c3) and (q1, c3)
-        asked = len(server.requests)
-        llm_teacher_scores(mined, chunks, settings, tmp_path / "cache.jsonl")
-        assert len(server.requests) - asked == 4  # only the two failed pairs are asked again (2 tries each)
-
-
-def test_cross_encoder_teacher_learns_the_synthetic_pairs_and_scores_within_the_base_range(tmp_path):
-    from embed_pipeline.core.cross_encoder import cross_encoder_teacher_scores, train_cross_encoder
-
-    mined, chunks = _mined_toy()
-    stats = train_cross_encoder(
-        mined, chunks, base_model_path(None), tmp_path / "ce", epochs=30, learning_rate=1e-4, batch_size=6
-    )
-    assert stats["pairs"] == 6 and stats["positives"] == 2 and (tmp_path / "ce" / "config.json").is_file()
-    taught = cross_encoder_teacher_scores(mined, chunks, tmp_path / "ce")
-    for row in taught.itertuples():
-        assert row.teacher_positive_score > max(row.teacher_negative_scores)  # it learned its training pairs
-        low, high = min(row.negative_scores), row.positive_score
-        assert all(low <= s <= high for s in [row.teacher_positive_score, *row.teacher_negative_scores])
-
-
-def test_teacher_stage_builds_the_base_model_only_when_asked_and_chooses_the_weight_on_validation():
-    mined, chunks = _mined_toy()
-    built = []
-
-    def base_encoder():
-        built.append(1)
-        return SentenceTransformer(base_model_path(None), device="cpu")
-
-    unscored, info = score_with_teacher(mined, chunks, TeacherSettings(), base_encoder=base_encoder)
-    assert unscored is mined and info == {"teacher": "none"} and not built
-    fixed, info = score_with_teacher(
-        mined, chunks, TeacherSettings(teacher="hybrid", bm25_weight=0.0), base_encoder=base_encoder
-    )
-    assert info["bm25_weight"] == 0.0 and info["bm25_weight_from"] == "config" and len(built) == 1
-    assert "teacher_positive_score" in fixed
+def test_the_teacher_is_the_best_candidate_on_validation_and_bm25_or_the_base_never_teach_by_themselves(tmp_path):
+    chunks = _toy_chunks()
+    # Each query is relevant to a passage it shares no meaning with: only a teacher that knows the pairing (an
+    # embedding API answering from a table) ranks them; BM25 and the base model cannot.
+    pairing = {"code alpha": 0, "code beta": 5, "code gamma": 2}
+    corpus = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     validation = ValidationSet(
-        queries={"v0": PAIRS[0][0], "v1": PAIRS[1][0]},
-        corpus=dict(zip(chunks["chunk_id"], chunks["passage"], strict=True)),
-        relevant={"v0": {"c0"}, "v1": {"c1"}},
+        queries={f"v{i}": q for i, q in enumerate(pairing)},
+        corpus=corpus,
+        relevant={f"v{i}": {f"d{j}#c"} for i, j in enumerate(pairing.values())},
     )
-    _, chosen = score_with_teacher(
-        mined, chunks, TeacherSettings(teacher="hybrid"), base_encoder=base_encoder, validation=validation
-    )
-    assert chosen["bm25_weight_from"] == "validation questions"
-    scores = chosen["ndcg@10_by_bm25_weight"]
-    assert scores[str(float(chosen["bm25_weight"]))] == max(scores.values())
+    row_of = {p: i for i, p in enumerate(chunks["passage"])}
+
+    def oracle(texts: list[str]) -> list[list[float]]:
+        slot = {**{q: j for q, j in pairing.items()}, **row_of}
+        return [[1.0 if k == slot.get(t, -1) else 0.01 for k in range(len(chunks))] for t in texts]
+
+    with OpenAIStub(embed=oracle) as server:
+        context = _context(tmp_path)
+        context.api, context.api_cache = LLMSettings(api_base=server.url), tmp_path / "api.jsonl"
+        settings = TeacherSettings(candidates=["bm25", "bm25+base", "api:openai/oracle"])
+        choice = choose_teacher(settings, context, validation)
+    table = {row["teacher"]: row for row in choice.table()}
+    assert set(table) >= {"base", "bm25", "api:openai/oracle"} and any(n.startswith("bm25@") for n in table)
+    assert table["api:openai/oracle"]["validation_ndcg@10"] == 1.0 > table["base"]["validation_ndcg@10"]
+    assert choice.teacher == "api:openai/oracle" and table["api:openai/oracle"]["chosen"]
+    # BM25 and the base's own fusion are scored for reference but do not teach by themselves.
+    references = choose_teacher(TeacherSettings(candidates=["bm25", "bm25+base"]), _context(tmp_path), validation)
+    assert references.teacher is None and "no teacher beyond BM25 and the base model" in references.reason
+    named = choose_teacher(TeacherSettings(teacher="bm25", candidates=[]), _context(tmp_path), validation)
+    assert named.teacher == "bm25"  # named, it teaches
+    missing = choose_teacher(TeacherSettings(candidates=["embeddinggemma-300m"]), _context(tmp_path), validation)
+    row = {r["teacher"]: r for r in missing.table()}["embeddinggemma-300m"]
+    assert row["validation_ndcg@10"] is not None or row["note"].startswith("unavailable: the offline teacher")
+
+
+def test_teacher_names_parse_and_bad_ones_say_why():
+    assert parse_teacher("bm25@0.3+embeddinggemma-300m@0.7").text == "bm25@0.3+embeddinggemma-300m@0.7"
+    assert parse_teacher("api:openai/text-embedding-3-small").kind == "api"
+    assert parse_teacher("offline:nomic-embed-text-v1.5").kind == "offline"
+    assert parse_teacher("BAAI/bge-small-en-v1.5").kind == "bi-encoder"
+    for bad, why in (("bm25@x+base", "not a number"), ("bm25@0.5+base", "every member"), ("api:", "name the model")):
+        with pytest.raises(ValueError, match=why):
+            parse_teacher(bad)
+    with pytest.raises(ValueError, match="no offline model"):
+        TeacherSettings(teacher="offline:nope")
+
+
+def _embed(texts: list[str]) -> list[list[float]]:
+    return [[float(b) - 127.5 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
+
+
+_KILLED_API_RUN = """
+import sys
+from embed_pipeline.core.llm import LLMSettings
+from embed_pipeline.core.teachers.api import ApiEncoder
+settings = LLMSettings(model="openai/teacher-embed", api_base=sys.argv[1], api_key_env="TEACHER_KEY", concurrency=1)
+ApiEncoder(settings, sys.argv[2], batch_size=2).encode_document([f"passage {i}" for i in range(10)])
+"""
+
+
+def test_the_api_teacher_is_batched_cached_resumed_after_a_kill_and_keeps_its_key_out_of_artifacts(tmp_path):
+    key = "sk-test-4f2a9c-never-stored"
+    answered: list[list[str]] = []
+    hold, first_run = threading.Event(), [True]
+
+    def embed(texts):
+        if first_run[0] and len(answered) >= 3:
+            hold.wait(30)  # the first run waits here for its fourth batch until it is killed
+            return 503
+        answered.append(texts)
+        return _embed(texts)
+
+    cache = tmp_path / "cache" / "embedding_responses.jsonl"
+    texts = [f"passage {i}" for i in range(10)]
+    env = {**os.environ, "TEACHER_KEY": key, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with OpenAIStub(embed=embed) as server:
+        child = subprocess.Popen([sys.executable, "-c", _KILLED_API_RUN, server.url, str(cache)], env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (len(answered) < 3 or len(cache.read_text().splitlines()) < 6):
+            time.sleep(0.05)
+        child.kill()
+        child.wait()
+        hold.set()
+        first_run[0] = False
+        assert len(answered) == 3 and all(len(batch) == 2 for batch in answered)
+        before = [t for batch in answered for t in batch]
+        os.environ["TEACHER_KEY"] = key
+        try:
+            settings = LLMSettings(model="openai/teacher-embed", api_base=server.url, api_key_env="TEACHER_KEY")
+            encoder = ApiEncoder(settings, cache, batch_size=2)
+            vectors = encoder.encode_document(texts)
+            again = ApiEncoder(settings, cache, batch_size=2).encode_document(texts)
+        finally:
+            del os.environ["TEACHER_KEY"]
+        after = [t for batch in answered[3:] for t in batch]
+        assert sorted(before + after) == sorted(texts) and not set(before) & set(after)  # nothing asked twice
+        assert len(answered) == 5  # the rest in two more requests; the second encoder asked nothing
+        assert np.allclose(again, vectors) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+        expected = np.asarray(_embed(["passage 7"])[0], dtype=np.float32)
+        assert np.allclose(vectors[7], expected / np.linalg.norm(expected), atol=1e-6)
+        assert set(server.authorizations) == {f"Bearer {key}"}
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(errors="ignore"), path
+
+
+def test_an_api_teacher_ranks_like_its_vectors_and_names_a_missing_key(tmp_path):
+    chunks = _toy_chunks()
+    with OpenAIStub(embed=_embed) as server:
+        context = _context(tmp_path)
+        context.api, context.api_cache = LLMSettings(api_base=server.url), tmp_path / "api.jsonl"
+        teacher = build_teacher(parse_teacher("api:openai/teacher-embed"), context)
+        teacher.index(chunks["passage"].tolist())
+        top, scores = teacher.search(["Which enzyme breaks down lactose?"], k=3)
+        query = np.asarray(_embed(["Which enzyme breaks down lactose?"])[0])
+        vectors = np.asarray(_embed(chunks["passage"].tolist()))
+        cosines = vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query)
+        assert list(top[0]) == list(np.argsort(-cosines)[:3])
+        assert np.allclose(scores[0], np.sort(cosines)[::-1][:3], atol=1e-5)
+    context = _context(tmp_path)
+    context.api, context.api_cache = LLMSettings(api_key_env="NO_SUCH_TEACHER_KEY"), tmp_path / "api.jsonl"
+    from embed_pipeline.core.teachers import TeacherUnavailable
+
+    with pytest.raises(TeacherUnavailable, match="NO_SUCH_TEACHER_KEY"):
+        build_teacher(parse_teacher("api:openai/teacher-embed"), context)

@@ -177,7 +177,10 @@ def test_schedule_grid_keeps_the_setting_that_validates_better(tmp_path):
         _training_rows(),
         base_model_path(None),
         tmp_path / "model",
-        TrainingSettings(grid=[{"learning_rate": 0.05}, {"learning_rate": 1e-5}], epochs=1, batch_size=4),
+        # Without mixing with the base weights, which would restore the wrecked point to the base's score.
+        TrainingSettings(
+            grid=[{"learning_rate": 0.05}, {"learning_rate": 1e-5}], epochs=1, batch_size=4, mixing_weights=[1.0]
+        ),
         validation=_validation(),
     )
     wrecked, gentle = stats["grid"]

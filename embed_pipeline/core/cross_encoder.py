@@ -1,11 +1,12 @@
-"""An in-domain cross-encoder teacher: the base bi-encoder's transformer with a fresh one-logit head, trained
-on the synthetic questions' positives and mined negatives, then used to score every mined pair (GPL's
-teacher, which no offline package ships pretrained).
+"""An in-domain cross-encoder teacher (`trained-cross-encoder`): the base bi-encoder's transformer with a fresh
+one-logit head, trained on the synthetic questions' positives and mined negatives (GPL's teacher, which no
+offline package ships pretrained); it then reranks as any cross-encoder teacher does
+(`core.teachers.models.CrossEncoderTeacher`).
 
 Example::
 
     stats = train_cross_encoder(mined, chunks, base_model_path(None), "artifacts/cross-encoder")
-    mined = cross_encoder_teacher_scores(mined, chunks, stats["path"])
+    teacher = CrossEncoderTeacher("trained-cross-encoder", stats["path"])
 """
 
 from __future__ import annotations
@@ -98,43 +99,3 @@ def train_cross_encoder(
         "mean_loss": round(float(result.training_loss), 4),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def cross_encoder_teacher_scores(
-    mined: pd.DataFrame, chunks: pd.DataFrame, model_path: str | Path, device: str = "cpu", batch_size: int = 64
-) -> pd.DataFrame:
-    """`mined` with teacher scores from the cross-encoder: its probability that a passage answers the question
-    (sigmoid of the logit), mapped onto the question's range of base-model scores (0: its lowest, 1: its
-    highest), so the margins have the student's scale."""
-    from sentence_transformers.cross_encoder import CrossEncoder
-
-    model = CrossEncoder(str(model_path), device=device)
-    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
-    pairs = sorted(
-        {
-            (q, c)
-            for q, positive, negatives in zip(
-                mined["question"], mined["positive_chunk_id"], mined["negative_chunk_ids"], strict=True
-            )
-            for c in [positive, *negatives]
-        }
-    )
-    probabilities = model.predict(
-        [(q, passage_of[c]) for q, c in pairs], batch_size=batch_size, activation_fn=_sigmoid(), show_progress_bar=True
-    )
-    probability = dict(zip(pairs, (float(p) for p in probabilities), strict=True))
-    positives, negatives = [], []
-    for row in mined.itertuples(index=False):
-        base = [s for s in [row.positive_score, *row.negative_scores] if s is not None]
-        low, high = (min(base), max(base)) if base else (0.0, 1.0)
-        positives.append(low + probability[(row.question, row.positive_chunk_id)] * (high - low))
-        negatives.append([low + probability[(row.question, c)] * (high - low) for c in row.negative_chunk_ids])
-    out = mined.copy()
-    out["teacher_positive_score"], out["teacher_negative_scores"] = positives, negatives
-    return out
-
-
-def _sigmoid():
-    import torch
-
-    return torch.nn.Sigmoid()

@@ -1,14 +1,20 @@
-"""Training pairs the documents give for free, without an LLM: title → body, heading → section, and the
-inverse cloze task (one sentence → the rest of its chunk; Lee et al., 2019).
+"""Queries the documents give for free, without an LLM.
 
-They come out shaped like generated questions (question_id, question, positive_chunk_ids, doc_id, source),
-so they go through the same hard-negative mining and margin rule; at unrolling the positive loses the text
-the anchor was taken from (`positive_without_anchor`), or the pair would be a verbatim match.
+Document pairs: title → body, heading → section, and the inverse cloze task (one sentence → the rest of its
+chunk; Lee et al., 2019). They come out shaped like generated questions (question_id, question,
+positive_chunk_ids, doc_id, source), so they go through the same hard-negative mining and margin rule; at
+unrolling the positive loses the text the anchor was taken from (`positive_without_anchor`), or the pair would be
+a verbatim match.
+
+Pseudo-queries (`pseudo_queries`): titles, headings, sentences and random spans of chunks, as many per chunk as
+the budget says. They need no trusted positive: a teacher scores other documents' passages for them
+(`core.teachers.scoring`), so their own document only tells where they came from.
 
 Example::
 
     pairs = document_pairs(chunks, sources=("title", "cloze"), limit=500)
     training_questions = pd.concat([llm_questions, pairs])
+    queries = pseudo_queries(chunks, per_chunk=2)   # title, heading, sentence and span queries
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ import re
 import pandas as pd
 
 PAIR_SOURCES = ("title", "heading", "cloze")
+PSEUDO_SOURCES = ("title", "heading", "sentence", "span")
+"""Kinds of pseudo-query: a document's title, a section heading, a sentence of a chunk, a random span of one."""
+SPAN_WORDS = (6, 16)
+"""A span pseudo-query has this many words at least and at most (the length of a typed query or a claim)."""
 LLM_SOURCE = "llm"
 MIN_ANCHOR_WORDS = 4
 """Shorter titles, headings and sentences ("Introduction", "Results.") say nothing a query would."""
@@ -144,3 +154,93 @@ def with_document_pairs(
     pairs = document_pairs(chunks[~chunks["doc_id"].isin(held_out)], sources, limit, seed)
     combined = pd.concat([train, pairs.assign(split="train")], ignore_index=True)
     return combined.drop_duplicates("question", keep="first").reset_index(drop=True)
+
+
+def _chunk_queries(chunks: pd.DataFrame, per_chunk: int, source: str, pick) -> pd.DataFrame:
+    """Up to `per_chunk` queries of `source` per chunk: `pick(chunk_id, text, n)` returns the query texts."""
+    rows = [
+        {
+            "question_id": f"{source}:{chunk_id}:{i}",
+            "question": text,
+            "positive_chunk_ids": [chunk_id],
+            "doc_id": doc_id,
+            "source": source,
+        }
+        for chunk_id, doc_id, body in zip(chunks["chunk_id"], chunks["doc_id"], chunks["text"], strict=True)
+        for i, text in enumerate(pick(chunk_id, body, per_chunk))
+    ]
+    return pd.DataFrame(rows, columns=["question_id", "question", "positive_chunk_ids", "doc_id", "source"])
+
+
+def sentence_queries(chunks: pd.DataFrame, per_chunk: int = 1) -> pd.DataFrame:
+    """Up to `per_chunk` sentences of each chunk (at least `MIN_ANCHOR_WORDS` words, not a heading), picked by a
+    hash of the chunk id."""
+    import pysbd
+
+    segmenter = pysbd.Segmenter(language="en", clean=False)
+
+    def pick(chunk_id: str, text: str, n: int) -> list[str]:
+        usable = [
+            s.strip()
+            for s in segmenter.segment(text)
+            if _words(s) >= MIN_ANCHOR_WORDS and not s.strip().startswith("#")
+        ]
+        start = _stable_pick(chunk_id, len(usable)) if usable else 0
+        return [usable[(start + i) % len(usable)] for i in range(min(n, len(usable)))]
+
+    return _chunk_queries(chunks, per_chunk, "sentence", pick)
+
+
+def span_queries(chunks: pd.DataFrame, per_chunk: int = 1) -> pd.DataFrame:
+    """Up to `per_chunk` random spans of each chunk's words, `SPAN_WORDS` long, placed and sized by a hash of the
+    chunk id and the span's number (the same spans on every run)."""
+    low, high = SPAN_WORDS
+
+    def pick(chunk_id: str, text: str, n: int) -> list[str]:
+        words = [w for w in text.split() if not w.startswith("#")]
+        if len(words) < low:
+            return []
+        spans = []
+        for i in range(n):
+            size = min(len(words), low + _stable_pick(f"{chunk_id}:{i}:size", high - low + 1))
+            start = _stable_pick(f"{chunk_id}:{i}:start", len(words) - size + 1)
+            spans.append(" ".join(words[start : start + size]))
+        return list(dict.fromkeys(spans))
+
+    return _chunk_queries(chunks, per_chunk, "span", pick)
+
+
+def pseudo_queries(
+    chunks: pd.DataFrame,
+    sources: tuple[str, ...] | list[str] = PSEUDO_SOURCES,
+    per_chunk: int = 2,
+    limit: int | None = None,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Pseudo-queries of `sources` (`PSEUDO_SOURCES`) from `chunks`: one per titled document and per heading,
+    `per_chunk` per chunk shared between sentences and spans (sentences first), at most `limit` in all (a seeded
+    sample, spread evenly over the sources). Columns as `document_pairs`; a text that is already a query of
+    another source is left out."""
+    unknown = set(sources) - set(PSEUDO_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown pseudo-query source(s) {sorted(unknown)}: use {list(PSEUDO_SOURCES)}")
+    per_chunk_sources = [s for s in ("sentence", "span") if s in sources]
+    found = [title_pairs(chunks).assign(source="title")] if "title" in sources else []
+    found += [heading_pairs(chunks)] if "heading" in sources else []
+    makers = {"sentence": sentence_queries, "span": span_queries}
+    for i, source in enumerate(per_chunk_sources):
+        share = per_chunk // len(per_chunk_sources) + (1 if i < per_chunk % len(per_chunk_sources) else 0)
+        found += [makers[source](chunks, share)] if share else []
+    found = [f for f in found if not f.empty]
+    if not found:
+        return pd.DataFrame(columns=["question_id", "question", "positive_chunk_ids", "doc_id", "source"])
+    queries = pd.concat(found, ignore_index=True).drop_duplicates("question")
+    if limit is not None and len(queries) > limit:
+        groups = sorted((group for _, group in queries.groupby("source", sort=False)), key=len)
+        kept, left = [], limit
+        for i, group in enumerate(groups):
+            share = left // (len(groups) - i)
+            kept.append(group.sample(n=min(share, len(group)), random_state=seed))
+            left -= len(kept[-1])
+        queries = pd.concat(kept, ignore_index=True)
+    return queries.reset_index(drop=True)

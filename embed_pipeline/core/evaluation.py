@@ -32,6 +32,7 @@ __all__ = [
     "METRIC_NAMES",
     "Qrels",
     "Results",
+    "bm25_scorer",
     "bm25_search",
     "choose_fusion_weight",
     "collapse_to_documents",
@@ -215,6 +216,20 @@ def saved_fusion(model: str | Path) -> dict | None:
             info = json.loads(path.read_text(encoding="utf-8"))
             return info.get(key) if key else info
     return None
+
+
+def bm25_scorer(corpus: list[str]):
+    """A function from queries to their BM25 score of every passage (a queries x passages matrix), with the
+    tokenisation `bm25_search` uses (English stopwords, Snowball stemmer)."""
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(corpus, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+
+    def scores(queries: list[str]) -> np.ndarray:
+        tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+        return np.stack([retriever.get_scores(query) for query in tokens]).astype(np.float32)
+
+    return scores
 
 
 def bm25_search(corpus_ids: list[str], corpus_texts: list[str], queries: dict[str, str], top_k: int = 100) -> Results:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +20,25 @@ from embed_pipeline.core.realism import query_realism
 from embed_pipeline.core.report import (
     REAL,
     SYNTHETIC,
+    TRAINING_FACTS,
     evaluate_on_beir,
     evaluate_systems,
     gate,
     gate_summary,
+    improvement,
+    improvement_summary,
     real_query_set,
     regression_markdown,
     report_markdown,
     synthetic_test_set,
+    training_summary,
 )
 from embed_pipeline.core.settings import EvaluationSettings
 
 log = logging.getLogger(__name__)
+
+TEACHER_ROW = "teacher"
+"""The report's row of the teacher the student learned from, scored zero-shot like the other systems."""
 
 BUNDLED_OOD = Path(__file__).resolve().parents[1] / "sample_data" / "general_ood"
 """The out-of-domain collection `regression_beir: bundled` names (120 general-knowledge passages, 60 queries)."""
@@ -48,6 +56,11 @@ class Report:
     def gate(self) -> dict:
         """The fine-tuned-not-worse-than-base verdict (see `core.report.gate`)."""
         return self.data["gate"]
+
+    @property
+    def improvement(self) -> dict:
+        """Whether the fine-tuned model is measurably better than its base (see `core.report.improvement`)."""
+        return self.data["improvement"]
 
     @property
     def regression(self) -> dict | None:
@@ -87,11 +100,13 @@ def evaluate_and_gate(
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     document_caches: dict[str, str | Path] | None = None,
+    teacher: tuple[str, Callable] | None = None,
 ) -> Report:
     """Score and judge the fine-tuned model (`finetuned`: `finetune`'s statistics, its `path` a local folder)
     against `base_model` on the held-out questions and, with `eval_beir_dir`, the real queries (less the `seeds`,
     which shaped the training queries). The gates follow `settings`. `document_caches` maps "base" and
-    "fine-tuned" to folders of passage vectors encoded by earlier stages."""
+    "fine-tuned" to folders of passage vectors encoded by earlier stages. `teacher` (its name and a chunk
+    searcher, `core.teachers.models.searcher`) adds the teacher's own row, zero-shot."""
     if settings.gate_metric not in METRIC_NAMES:
         raise ValueError(
             f"beir_report.gate_metric {settings.gate_metric!r} is not a reported metric: use one of {METRIC_NAMES}"
@@ -124,16 +139,28 @@ def evaluate_and_gate(
         },
         ignore_identical_ids=settings.ignore_identical_ids,
         document_caches=document_caches,
+        searchers={TEACHER_ROW: teacher[1]} if teacher else None,
         top_k=settings.top_k,
         **options,
     )
+    if teacher:
+        report["teacher"] = teacher[0]
     if eval_beir_dir:
         report["query_sets"][REAL]["judgments"] = judgments
         if excluded:
             report["query_sets"][REAL]["excluded_seed_queries"] = excluded
     report["query_realism"] = query_realism(questions, chunks, *real, seed_queries=[s.text for s in seeds])
     report["gate"] = gate(report, settings.gate_metric, settings.gate_tolerance, settings.gate_query_set)
-    markdown = report_markdown(report) + "\n\n" + gate_summary(report["gate"])
+    report["improvement"] = improvement(report, finetuned.get("validation_vs_base"))
+    report["training"] = {key: finetuned.get(key) for key in TRAINING_FACTS}
+    markdown = "\n\n".join(
+        [
+            report_markdown(report),
+            gate_summary(report["gate"]),
+            improvement_summary(report["improvement"]),
+            training_summary(report["training"]),
+        ]
+    )
     if ood_folder is not None:
         from transformers import AutoTokenizer
 

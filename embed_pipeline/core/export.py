@@ -146,6 +146,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17, fus
             "prompts": _prompts(model_dir),
             "fused": fusions,
             "hybrid": saved_fusion(model_dir),  # the BM25 fusion chosen for this model, for `eval` and users
+            **_model_records(model_dir),  # how it was trained (teacher, mixing weight) and the report's verdict
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir / ONNX_FILE
@@ -203,6 +204,20 @@ def record_recommendation(export_dir: str | Path, recommended: bool, reason: str
     info["recommendation"] = {"recommended": recommended, "reason": reason}
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
     return info["recommendation"]
+
+
+def _model_records(model_dir: Path) -> dict:
+    """What the model folder says of itself for export.json: `training` (teacher, licence, WiSE-FT weight) and
+    `verdict` (whether it beats its base: "gain", or "no gain: the base model serves as well")."""
+    from embed_pipeline.core.report import VERDICT_FILE
+    from embed_pipeline.core.training import TRAINING_FILE
+
+    records = {}
+    for key, name in (("training", TRAINING_FILE), ("verdict", VERDICT_FILE)):
+        path = model_dir / name
+        if path.is_file():
+            records[key] = json.loads(path.read_text(encoding="utf-8"))
+    return records
 
 
 def _prompts(model_dir: Path) -> dict[str, str]:

@@ -14,7 +14,15 @@ from embed_pipeline.core.plots import (
     per_k_curves_uri,
     realism_histograms_uri,
 )
-from embed_pipeline.core.report import HEADLINE_METRICS, comparison_text, deltas_text, gate_summary, seeds_note
+from embed_pipeline.core.report import (
+    HEADLINE_METRICS,
+    comparison_text,
+    deltas_text,
+    gate_summary,
+    improvement_summary,
+    seeds_note,
+    training_summary,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -25,6 +33,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.best td { font-weight: bold; }
 .passed { color: #1a7f37; } .failed { color: #c62828; font-weight: bold; }
+.warning { color: #a15c00; font-weight: bold; }
 .loss { margin: 0.4em 0 0.8em; } .hit { font-size: 0.85em; margin-left: 1.5em; }
 img { max-width: 100%; margin: 0.3em 0; }
 """
@@ -129,6 +138,11 @@ def report_html(
         parts.append(_verdict(report["gate"]))
     if "regression" in report:
         parts.append(_verdict(report["regression"]["gate"]))
+    if "improvement" in report:  # a warning, not a gate: amber when no gain is shown
+        css = "passed" if report["improvement"]["improved"] else "warning"
+        parts.append(f"<p class={css}>{escape(improvement_summary(report['improvement']))}</p>")
+    if report.get("training"):
+        parts.append(f"<p>{escape(training_summary(report['training']))}</p>")
     for name, entry in report["query_sets"].items():
         systems = entry["systems"]
         parts += [

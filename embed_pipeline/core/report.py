@@ -3,12 +3,15 @@ when given, on real queries with human relevance labels."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from embed_pipeline.core.atomic import write_atomically
 from embed_pipeline.core.encoders import ENDPOINT_TIMEOUT_S
 from embed_pipeline.core.evaluation import (
     Qrels,
@@ -85,6 +88,7 @@ def evaluate_systems(
     hybrids: dict[str, tuple[str, float]] | None = None,
     ignore_identical_ids: bool | None = None,
     document_caches: dict[str, str | Path] | None = None,
+    searchers: dict[str, Callable[[dict[str, str]], Results]] | None = None,
 ) -> dict:
     """Score BM25 and each model on each query set.
 
@@ -96,7 +100,8 @@ def evaluate_systems(
     BM25 weight)}, the weight chosen on validation questions. `ignore_identical_ids` leaves out a retrieved
     document whose id is the query's id (BEIR's rule); None: on for a document-level query set whose query ids
     are also document ids (ArguAna), stated per query set in the report. `document_caches` maps a system to the
-    folder of its `CachedDocuments` (passages encoded by an earlier stage are not encoded again).
+    folder of its `CachedDocuments` (passages encoded by an earlier stage are not encoded again). `searchers`
+    adds systems that rank the chunks themselves, {row: search(queries) -> chunk-level Results} (the teacher).
     Returns {"query_sets": {name: {"n_queries", "systems": {system: metrics}}}, "timings_s": {...}}.
     """
     from embed_pipeline.core.encoders import CachedDocuments, load_encoder
@@ -162,6 +167,8 @@ def evaluate_systems(
             system, lambda queries, m=model: dense_search(m, ids, passages, queries, top_k=top_k, batch_size=batch_size)
         )
         del model
+    for system, search in (searchers or {}).items():
+        score(system, search)
     tuned = [s for s in models if s != "base"]
     if tuned:
         hybrid = f"hybrid (RRF: BM25 + {tuned[0]})"
@@ -300,6 +307,75 @@ def gate(report: dict, metric: str = "nDCG@10", tolerance: float = 0.01, query_s
         "delta": round(tuned - base, 4),
         "tolerance": tolerance,
     }
+
+
+NO_GAIN = "no gain: the base model serves as well"
+"""How an export whose model is not measurably better than its base is marked (export.json's verdict)."""
+
+
+def improvement(report: dict, validation_vs_base: dict | None = None, metric: str = "nDCG@10") -> dict:
+    """Whether the fine-tuned model is measurably better than its base: the 95% bootstrap CI of fine-tuned − base
+    on the real queries when the report has them, else on the validation questions (`validation_vs_base`, from
+    training), lies wholly above zero. Without either there is nothing to show a gain on."""
+    sets = report["query_sets"]
+    if REAL in sets and metric in sets[REAL].get("fine_tuned_minus_base", {}):
+        name, comparison = REAL, sets[REAL]["fine_tuned_minus_base"][metric]
+    elif validation_vs_base is not None:
+        name, comparison = "validation questions", validation_vs_base
+    else:
+        name, comparison = None, None
+    ci = comparison.get("ci95") if comparison else None
+    improved = bool(ci and ci[0] > 0)
+    return {
+        "improved": improved,
+        "query_set": name,
+        "metric": metric,
+        "delta": comparison["delta"] if comparison else None,
+        "ci95": ci,
+        "verdict": "gain" if improved else NO_GAIN,
+    }
+
+
+def improvement_summary(verdict: dict) -> str:
+    """The improvement verdict in plain words."""
+    if verdict["query_set"] is None:
+        return f"No gain shown: there are no real queries or validation questions to compare with the base. {NO_GAIN}."
+    interval = f"95% CI [{verdict['ci95'][0]:+.4f}, {verdict['ci95'][1]:+.4f}]" if verdict["ci95"] else "no CI"
+    where = f"{verdict['metric']} {verdict['delta']:+.4f}, {interval}, on the {verdict['query_set']}"
+    if verdict["improved"]:
+        return f"Gain: the fine-tuned model is better than its base ({where})."
+    return (
+        f"No gain: the fine-tuned model is not measurably better than its base ({where}; the interval includes "
+        f"zero or lies below it). The base model serves as well."
+    )
+
+
+TRAINING_FACTS = ("teacher", "loss", "train_queries_by_source", "mixing_weight")
+"""What the report repeats of the training: who taught, how, on how many queries of each source, the mix."""
+
+
+def training_summary(training: dict) -> str:
+    """One line on what the fine-tuned model was trained on, for the report."""
+    sources = training.get("train_queries_by_source") or {}
+    counts = ", ".join(f"{source} {n:,}" for source, n in sorted(sources.items(), key=lambda item: -item[1]))
+    teacher = training.get("teacher") or "none (contrastive training on the generated questions)"
+    mixing = training.get("mixing_weight")
+    return (
+        f"Trained on {sum(sources.values()):,} queries ({counts}); teacher: {teacher}; loss {training.get('loss')}; "
+        f"WiSE-FT weight {mixing if mixing is not None else '-'} ((1 - w) x base + w x trained, chosen on validation)."
+    )
+
+
+VERDICT_FILE = "verdict.json"
+"""The improvement verdict, written into the model folder by the report; exports copy it into export.json."""
+
+
+def write_verdict(model_dir: str | Path, verdict: dict) -> Path:
+    """`verdict` (`improvement`) as the model folder's VERDICT_FILE, with its sentence; returns the file."""
+    path = Path(model_dir) / VERDICT_FILE
+    text = json.dumps({**verdict, "summary": improvement_summary(verdict)}, indent=2) + "\n"
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path
 
 
 def gate_summary(verdict: dict) -> str:

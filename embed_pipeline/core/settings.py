@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from embed_pipeline.core.document_pairs import PAIR_SOURCES
+from embed_pipeline.core.document_pairs import PAIR_SOURCES, PSEUDO_SOURCES
 from embed_pipeline.core.documents import MAX_DOCUMENT_CHARS
 from embed_pipeline.core.llm import LLMSettings
 
@@ -71,10 +71,12 @@ class GenerationSettings(StageSettings):
         description="fewshot: completion text for tiny local models; json: JSON-schema answers with reasoning "
         "type and complexity (hosted/served models); auto: fewshot for local/ models, else json.",
     )
-    local_runtime: Literal["auto", "transformers", "llama_cpp"] = Field(
+    local_runtime: Literal["auto", "transformers", "llama_cpp", "xllamacpp"] = Field(
         default=LLMSettings.local_runtime,
-        description="Runtime of local/ models: llama_cpp (needs the llamacpp extra; loads in 1.5 s instead of 23 s, "
-        "less memory, same questions/s here) or transformers; auto takes llama.cpp when installed.",
+        description="Runtime of local/ models: xllamacpp (llama.cpp's server in process, a prebuilt wheel; parallel "
+        "slots decode a batch together), llama_cpp (needs the llamacpp extra, compiles ~20 min) or transformers; "
+        "auto takes llama_cpp when installed, else transformers (xllamacpp measured slower here and its questions "
+        "pass the round trip less often: bench/results/local_generator_speed.md).",
     )
     # How the LLM is reached: the defaults are `LLMSettings`' (the one place they are written).
     temperature: float = Field(
@@ -203,48 +205,136 @@ class MiningSettings(StageSettings):
         return sources
 
 
+DEFAULT_TEACHER = "embeddinggemma-300m"
+"""The offline teacher setup fetches (`core.offline_models`); a candidate by default when it is installed."""
+
+
 class TeacherSettings(StageSettings):
-    teacher: Literal["none", "hybrid", "cross_encoder", "llm"] = Field(
-        default="none",
-        description="Score every mined (question, positive) and (question, negative) for margin-MSE "
-        "(finetuned_model.loss): hybrid fuses BM25 with the base model; cross_encoder trains one from the base "
-        "model on the synthetic pairs; llm: teacher_model grades relevance 0-3 (cached); none: no scores.",
+    teacher: str = Field(
+        default="auto",
+        description="Who teaches the student: auto (the candidate with the best validation nDCG@10, if it beats "
+        "the base model; BM25 and the base's own fusions are scored for reference, never chosen by themselves; "
+        "else none), none (train on the questions alone, contrastively), or a teacher name: bm25, "
+        "an offline model (embeddinggemma-300m, nomic-embed-text-v1.5), any sentence-transformers id or folder, "
+        "api:PROVIDER/MODEL, cross-encoder:ID, llm:PROVIDER/MODEL, trained-cross-encoder, or a fusion "
+        "A@w+B@w (without weights a two-teacher fusion's BM25 weight is chosen on validation).",
     )
-    bm25_weight: float | None = Field(
+    candidates: list[str] = Field(
+        default=["bm25", DEFAULT_TEACHER],
+        description="Teachers scored zero-shot on the validation questions (the base model always is); one not "
+        "available here (not fetched, no key) is listed with the reason and left out. No fusion by default: the "
+        "generated questions are lexical, so a BM25 weight chosen on them leans to BM25 (0.8 on SciFact-1k).",
+    )
+    api_base: str | None = Field(default=None, description="Base URL of an api: or llm: teacher's server.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the api: or llm: teacher's key (never stored)."
+    )
+    api_batch_size: int = Field(default=64, ge=1, description="Texts per embedding request of an api: teacher.")
+    api_query_input_type: str | None = Field(
+        default=None, description="input_type of an api: teacher's queries (Cohere: search_query; Voyage, NIM: query)."
+    )
+    api_document_input_type: str | None = Field(
         default=None,
-        ge=0,
-        le=1,
-        description="BM25's weight in the hybrid teacher; empty: chosen on the validation questions (0.5 without any).",
+        description="input_type of an api: teacher's passages (Cohere: search_document; Voyage: document; NIM: "
+        "passage).",
     )
-    cross_encoder_epochs: int = Field(default=1, ge=1, description="Training epochs of the cross-encoder teacher.")
+    cross_encoder_epochs: int = Field(default=1, ge=1, description="Training epochs of trained-cross-encoder.")
     cross_encoder_learning_rate: float = Field(default=2e-5, gt=0, description="Its peak learning rate.")
-    teacher_model: str | None = Field(default=None, description="litellm model string of the llm teacher.")
-    teacher_api_base: str | None = Field(default=None, description="Base URL of the llm teacher's server.")
-    teacher_api_key_env: str | None = Field(default=None, description="Environment variable of its API key.")
+
+    @field_validator("teacher")
+    @classmethod
+    def _known_teacher(cls, name: str) -> str:
+        from embed_pipeline.core.teachers.specs import parse_teacher
+
+        if name not in ("auto", "none"):
+            parse_teacher(name)
+        return name
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, names: list[str]) -> list[str]:
+        from embed_pipeline.core.teachers.specs import parse_teacher
+
+        for name in names:
+            parse_teacher(name)
+        return names
 
     def llm_settings(self) -> LLMSettings:
-        """How the llm teacher is reached; ValueError when none is configured."""
-        if not self.teacher_model:
-            raise ValueError("teacher_scores.teacher is llm but teacher_scores.teacher_model is empty: name a model")
-        return LLMSettings(
-            model=self.teacher_model,
-            api_base=self.teacher_api_base,
-            api_key_env=self.teacher_api_key_env,
-            max_tokens=20,
-        )
+        """How an api: or llm: teacher is reached (its model comes from the teacher's name)."""
+        return LLMSettings(api_base=self.api_base, api_key_env=self.api_key_env)
+
+
+class TeacherScoresSettings(StageSettings):
+    mined_negatives: int = Field(
+        default=3,
+        ge=1,
+        description="Mined hard negatives in a generated question's candidate list (its contrastive term's too).",
+    )
+    teacher_top: int = Field(
+        default=1, ge=0, description="The teacher's top passages added to a candidate list (those not in it yet)."
+    )
+    student_top: int = Field(
+        default=1,
+        ge=0,
+        description="The student's top passages added after them (a list of 6 in all: the time "
+        "a query costs grows with its list, so the budget goes to more queries rather than longer lists).",
+    )
+    pseudo_queries: list[str] = Field(
+        default=list(PSEUDO_SOURCES),
+        description="LLM-free queries from the training documents, labelled by the teacher: title, heading, "
+        "sentence, span (a random 6-16 words of a chunk). Empty: generated questions only.",
+    )
+    pseudo_queries_per_chunk: int = Field(
+        default=2,
+        ge=0,
+        description="Sentence and span queries per chunk (sentences first), besides titles and headings.",
+    )
+    max_train_queries: int | None = Field(
+        default=2000,
+        ge=1,
+        description="Budget: at most this many training queries in all (every generated question, then "
+        "pseudo-queries spread evenly over their sources). Empty: every pseudo-query.",
+    )
+
+    @field_validator("pseudo_queries")
+    @classmethod
+    def _known_sources(cls, sources: list[str]) -> list[str]:
+        unknown = sorted(set(sources) - set(PSEUDO_SOURCES))
+        if unknown:
+            raise ValueError(f"unknown pseudo-query source(s) {unknown}: use {list(PSEUDO_SOURCES)}")
+        return sources
 
 
 class TrainingSettings(StageSettings):
     num_negatives: int = Field(default=4, description="Hard negatives used per training row.")
-    epochs: int = Field(default=3, description="Training epochs.")
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training epochs; empty: 3 on the questions alone, 1 with a teacher (it labels every query, so "
+        "the budget buys more queries, not more passes over them).",
+    )
     learning_rate: float = Field(default=1e-5, description="Peak learning rate.")
-    temperature: float = Field(default=0.02, description="InfoNCE temperature (loss scale = 1 / temperature).")
-    loss: Literal["mnrl", "margin_mse", "mnrl+margin_mse"] = Field(
-        default="mnrl",
-        description="mnrl: contrastive over in-batch and hard negatives; margin_mse: match the teacher's margins "
-        "(GPL; needs teacher_scores.teacher); mnrl+margin_mse: both.",
+    temperature: float = Field(
+        default=0.02, gt=0, description="Student temperature: InfoNCE's (loss scale = 1 / temperature) and KL's."
+    )
+    loss: Literal["auto", "mnrl", "kl", "kl+mnrl", "margin_mse", "mnrl+margin_mse"] = Field(
+        default="auto",
+        description="mnrl: contrastive over trusted positives, in-batch and hard negatives; kl: match the softmax "
+        "of the teacher's scores over each candidate list; margin_mse: match the teacher's margins (GPL); "
+        "kl+mnrl, mnrl+margin_mse: both. auto: kl+mnrl when a teacher scored the rows, else mnrl.",
+    )
+    distill_temperature: float | None = Field(
+        default=None, gt=0, description="Teacher temperature of the KL term; empty: the student's temperature."
     )
     margin_weight: float = Field(default=1.0, gt=0, description="Weight of the margin-MSE term.")
+    mixing_weights: list[float] = Field(
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        description="WiSE-FT: the trained weights are mixed with the base's, (1 - w) x base + w x trained, for each "
+        "w tried; the w with the best validation nDCG@10 is kept (ties: the smaller). [1.0]: no mixing.",
+    )
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="Budget: stop training after this many seconds (the steps taken are kept)."
+    )
     warmup_steps: int = Field(default=5, description="Linear warm-up steps.")
     batch_size: int | None = Field(
         default=None, description="Empty: the recipe's rule, 128 from 2,000 rows, else max(16, min(64, n // 8))."
@@ -266,7 +356,8 @@ class TrainingSettings(StageSettings):
     grid: list[dict[str, float]] = Field(
         default=[],
         description="Schedules to try, e.g. [{learning_rate: 1e-5}, {learning_rate: 5e-5, temperature: 0.05}] "
-        "(keys: learning_rate, temperature, epochs, margin_weight); the one with the best validation nDCG@10 is "
+        "(keys: learning_rate, temperature, epochs, margin_weight, distill_temperature); the one with the best "
+        "validation nDCG@10 is "
         "kept. Empty: train once with the settings above.",
     )
     validation_corpus_size: int = Field(
@@ -275,6 +366,24 @@ class TrainingSettings(StageSettings):
     checkpoint_steps: int | None = Field(
         default=None, description="Checkpoint (and validate) every this many steps; empty: every epoch."
     )
+
+    @field_validator("mixing_weights")
+    @classmethod
+    def _unit_weights(cls, weights: list[float]) -> list[float]:
+        bad = [w for w in weights if not 0 <= w <= 1]
+        if bad or not weights:
+            raise ValueError(f"mixing weights must be within [0, 1] and at least one, got {weights}")
+        return weights
+
+    def passes(self, taught: bool) -> int:
+        """The epochs to train: `epochs`, where empty is 1 for rows a teacher scored, else 3."""
+        return self.epochs or (1 if taught else 3)
+
+    def objective(self, taught: bool) -> str:
+        """The loss to train with: `loss`, where auto is kl+mnrl for rows a teacher scored, else mnrl."""
+        if self.loss == "auto":
+            return "kl+mnrl" if taught else "mnrl"
+        return self.loss
 
 
 class EvaluationSettings(StageSettings):
@@ -352,6 +461,7 @@ class TensorRTSettings(StageSettings):
 # these, so they cannot disagree with the settings.
 GENERATION = GenerationSettings()
 TEACHER = TeacherSettings()
+TEACHER_SCORES = TeacherScoresSettings()
 TRAINING = TrainingSettings()
 EVALUATION = EvaluationSettings()
 INT8_EXPORT = Int8ExportSettings()

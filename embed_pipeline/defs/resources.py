@@ -11,7 +11,9 @@ import dagster as dg
 
 from embed_pipeline.core.device import base_model_path, load_bi_encoder, resolve_device
 from embed_pipeline.core.documents import DocumentError
+from embed_pipeline.core.encoders import CachedDocuments
 from embed_pipeline.core.query_examples import SeedQuery, load_query_examples, seed_form_mix
+from embed_pipeline.core.settings import TeacherSettings
 from embed_pipeline.core.storage import ArtifactStore, shared_append_log
 from embed_pipeline.core.versions import KEY_PREFIX, corpus_version_key, snapshot_documents
 
@@ -81,6 +83,48 @@ class PipelineResource(dg.ConfigurableResource):
         """The LLM response cache shared by every version and run (see `core.storage.shared_append_log`)."""
         with shared_append_log(self.store(), "cache/llm_responses", run_id, self.cache_sync_s) as path:
             yield path
+
+    @contextmanager
+    def embedding_cache(self, run_id: str) -> Iterator[Path]:
+        """The embedding API's response cache (an api: teacher's vectors), shared like the LLM's."""
+        with shared_append_log(self.store(), "cache/embedding_responses", run_id, self.cache_sync_s) as path:
+            yield path
+
+    @contextmanager
+    def teacher_context(self, version: str, run_id: str, device: str, settings: TeacherSettings) -> Iterator:
+        """What building teachers needs (`core.teachers.TeacherContext`) for one corpus version: passage vectors
+        kept per model under the version's embeddings folder, the API and LLM caches open for the run."""
+        from embed_pipeline.core.teachers import TeacherContext
+
+        store, used = self.store(), []
+
+        def passage_cache(identity: str) -> Path:
+            """A teacher's vectors folder, fetched from an object store first (a teacher's corpus costs minutes)."""
+            folder = self.version_artifacts(version, "embeddings", hashlib.sha256(identity.encode()).hexdigest()[:12])
+            for name in (CachedDocuments.VECTORS, CachedDocuments.KEYS):
+                if store.remote and store.exists(folder / name):
+                    store.pull(store.address(folder / name), refresh=True)
+            used.append(folder)
+            return folder
+
+        with self.embedding_cache(run_id) as api_cache, self.llm_cache(run_id) as llm_cache:
+            yield TeacherContext(
+                base_model=self.base_model_path(),
+                device=device,
+                query_prompt=self.query_prompt,
+                passage_prompt=self.passage_prompt,
+                base_cache=self.embeddings_cache(version, self.base_model_path()),
+                passage_cache=passage_cache,
+                api=settings.llm_settings(),
+                api_cache=api_cache,
+                api_batch_size=settings.api_batch_size,
+                api_input_types=(settings.api_query_input_type, settings.api_document_input_type),
+                llm_cache=llm_cache,
+            )
+        for folder in used if store.remote else []:  # so the next step (on any machine) encodes nothing again
+            for name in (CachedDocuments.VECTORS, CachedDocuments.KEYS):
+                if (folder / name).is_file():
+                    store.push(folder / name)
 
     def seed_queries(self) -> list[SeedQuery]:
         """The users' example queries (`query_examples`), or none."""

@@ -201,6 +201,8 @@ def create_app(
     name = model_name or Path(onnx_dir).resolve().name
     if not encoder.recommendation.get("recommended", True):
         log.warning("Serving %s, which is marked not recommended: %s", onnx_dir, encoder.recommendation["reason"])
+    if encoder.verdict and not encoder.verdict.get("improved", True):
+        log.warning("Serving %s, marked %r: %s", onnx_dir, encoder.verdict["verdict"], encoder.verdict["summary"])
     dims = sorted(set(allowed_dimensions or [encoder.dim]))
     if any(d > encoder.dim or d <= 0 for d in dims):
         raise ValueError(f"allowed_dimensions {dims} must lie in 1..{encoder.dim} for {onnx_dir}")

@@ -1,5 +1,7 @@
-"""The BEIR report: BM25 vs base vs fine-tuned, on held-out synthetic questions and real queries."""
+"""The BEIR report: BM25 vs base vs fine-tuned (and the teacher), on held-out synthetic questions and real
+queries."""
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +12,10 @@ from embed_pipeline.core.evaluation_stage import evaluate_and_gate
 from embed_pipeline.core.model_card import append_section
 from embed_pipeline.core.plots import delta_bars_markdown, metric_bars_markdown, realism_histograms_markdown
 from embed_pipeline.core.realism import realism_markdown
-from embed_pipeline.core.report import HEADLINE_METRICS, gate_summary
+from embed_pipeline.core.report import HEADLINE_METRICS, gate_summary, improvement_summary, write_verdict
+from embed_pipeline.core.settings import TeacherSettings
+from embed_pipeline.core.teachers import build_teacher, parse_teacher
+from embed_pipeline.core.teachers.models import searcher
 from embed_pipeline.defs.metadata import records_table
 from embed_pipeline.defs.partitions import corpus_versions
 from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
@@ -18,6 +23,19 @@ from embed_pipeline.defs.resources import PipelineResource, TorchDeviceResource
 GATE_CHECK = "fine_tuned_not_worse_than_base"
 REGRESSION_CHECK = "no_out_of_domain_regression"
 REPORT_GATES = (GATE_CHECK, REGRESSION_CHECK)  # blocking: when one fails, no export is built
+IMPROVEMENT_CHECK = "improves_on_its_base"  # a warning: the model ships, marked "no gain" where it shows none
+
+
+def _teacher_row(stack: ExitStack, context, pipeline, teacher: dict, chunks: pd.DataFrame, device: str, top_k: int):
+    """(teacher name, chunk searcher) for the report's teacher row, from the passage vectors the teacher steps
+    kept; None without a teacher or for one that only reranks."""
+    if not teacher["build"]:
+        return None
+    reach = TeacherSettings(**teacher["settings"])
+    teachers = stack.enter_context(pipeline.teacher_context(context.partition_key, context.run_id, device, reach))
+    model = build_teacher(parse_teacher(teacher["build"]), teachers)
+    found = searcher(model, chunks["chunk_id"].tolist(), chunks["passage"].tolist(), top_k)
+    return (teacher["teacher"], found) if found else None
 
 
 @dg.asset(
@@ -40,6 +58,13 @@ REPORT_GATES = (GATE_CHECK, REGRESSION_CHECK)  # blocking: when one fails, no ex
             blocking=True,
             description="On an out-of-domain collection, fine-tuned >= base - regression_tolerance; else no export.",
         ),
+        dg.AssetCheckSpec(
+            IMPROVEMENT_CHECK,
+            asset="beir_report",
+            partitions_def=corpus_versions,
+            description="The 95% CI of fine-tuned − base nDCG@10 lies above zero (real queries when given, else "
+            "validation); when not, the exports are marked 'no gain: the base model serves as well'.",
+        ),
     ],
 )
 def beir_report(
@@ -50,26 +75,30 @@ def beir_report(
     chunked_corpus: pd.DataFrame,
     qa_splits: pd.DataFrame,
     finetuned_model: dict,
+    teacher: dict,
 ):
     """nDCG, Recall, MAP, Precision @1/5/10/100 and MRR@10 for every system on every query set, and the
     blocking gate: a fine-tuned model worse than base is reported but never exported (`evaluate_and_gate`)."""
     model_dir = str(pipeline.local_copy(finetuned_model["path"]))
-    result = evaluate_and_gate(
-        chunked_corpus,
-        qa_splits,
-        {**finetuned_model, "path": model_dir},
-        pipeline.base_model_path(),
-        config.settings(),
-        eval_beir_dir=pipeline.eval_beir_dir,
-        seeds=pipeline.seed_queries(),
-        device=compute.torch_device(),
-        query_prompt=pipeline.query_prompt,
-        passage_prompt=pipeline.passage_prompt,
-        document_caches={
-            "base": pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
-            "fine-tuned": pipeline.embeddings_cache(context.partition_key, model_dir),
-        },
-    )
+    device = compute.torch_device()
+    with ExitStack() as stack:
+        result = evaluate_and_gate(
+            chunked_corpus,
+            qa_splits,
+            {**finetuned_model, "path": model_dir},
+            pipeline.base_model_path(),
+            config.settings(),
+            eval_beir_dir=pipeline.eval_beir_dir,
+            seeds=pipeline.seed_queries(),
+            device=device,
+            query_prompt=pipeline.query_prompt,
+            passage_prompt=pipeline.passage_prompt,
+            document_caches={
+                "base": pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
+                "fine-tuned": pipeline.embeddings_cache(context.partition_key, model_dir),
+            },
+            teacher=_teacher_row(stack, context, pipeline, teacher, chunked_corpus, device, config.top_k),
+        )
     for note in result.notes:
         context.log.warning(note)
     report, table, verdict, regression = result.data, result.markdown, result.gate, result.regression
@@ -79,6 +108,7 @@ def beir_report(
     report["report_json"], report["report_markdown"], report["report_html"] = map(pipeline.publish, written)
     append_section(model_dir, "Evaluation (embed_pipeline beir_report)", table)
     pipeline.publish(Path(model_dir, "README.md"))  # the model card, now with this evaluation
+    pipeline.publish(write_verdict(model_dir, result.improvement))  # the exports carry it into export.json
     headline = {
         f"{name}/{system}/{metric}": entry["systems"][system][metric]
         for name, entry in report["query_sets"].items()
@@ -117,8 +147,18 @@ def beir_report(
         ),
         "report_json": dg.MetadataValue.path(report["report_json"]),
         "gate_passed": verdict["passed"],
+        "improves_on_base": result.improvement["improved"],
     }
     yield dg.Output(report, metadata=metadata)
+    gain = result.improvement
+    yield dg.AssetCheckResult(
+        check_name=IMPROVEMENT_CHECK,
+        passed=gain["improved"],
+        severity=dg.AssetCheckSeverity.WARN,
+        description=improvement_summary(gain),
+        metadata={k: v for k, v in gain.items() if k not in ("improved", "ci95") and v is not None}
+        | ({"ci95_low": gain["ci95"][0], "ci95_high": gain["ci95"][1]} if gain["ci95"] else {}),
+    )
     for check, outcome in ((GATE_CHECK, verdict), (REGRESSION_CHECK, regression)):
         yield dg.AssetCheckResult(
             check_name=check,

@@ -6,12 +6,20 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from embed_pipeline.config import MiningConfig, TeacherConfig, TrainingConfig
+from embed_pipeline.config import MiningConfig, TeacherConfig, TeacherScoresConfig, TrainingConfig
+from embed_pipeline.core.cross_encoder import train_cross_encoder
 from embed_pipeline.core.data_checks import check_training_rows
 from embed_pipeline.core.encoders import CachedDocuments
-from embed_pipeline.core.mining import mine_training_negatives, rows_short_of_negatives, unroll_training_rows
+from embed_pipeline.core.mining import (
+    mine_training_negatives,
+    rows_short_of_negatives,
+    unroll_taught_rows,
+    unroll_training_rows,
+)
+from embed_pipeline.core.offline_models import teacher_licence
 from embed_pipeline.core.plots import histogram_markdown, training_curves_markdown
-from embed_pipeline.core.teachers import score_with_teacher
+from embed_pipeline.core.settings import TeacherSettings
+from embed_pipeline.core.teachers import choose_teacher, score_training_queries
 from embed_pipeline.core.training import (
     checkpoint_key,
     finetune,
@@ -63,73 +71,109 @@ def hard_negatives(
 
 
 @dg.asset(partitions_def=corpus_versions, group_name="training", pool="gpu", kinds={"pytorch"})
-def teacher_scores(
+def teacher(
     context: dg.AssetExecutionContext,
     config: TeacherConfig,
     pipeline: PipelineResource,
     compute: TorchDeviceResource,
+    qa_splits: pd.DataFrame,
+    chunked_corpus: pd.DataFrame,
+    hard_negatives: pd.DataFrame,
+) -> dict:
+    """Who teaches the student: every candidate teacher (BM25, the base model, the offline teacher, their fusion,
+    any model, embedding API, cross-encoder or LLM named) scored zero-shot on the validation questions; the best
+    teaches if it beats the base model (`choose_teacher`). Its passage vectors are kept for this corpus version."""
+    started = time.perf_counter()
+    settings, device = config.settings(), compute.torch_device()
+    validation = validation_set(validation_questions(qa_splits, pipeline.seed_forms()), chunked_corpus)
+    with pipeline.teacher_context(context.partition_key, context.run_id, device, settings) as teachers:
+        cross_encoder_dir = pipeline.version_artifacts(
+            context.partition_key, "models", f"cross-encoder-{context.run_id[:8]}"
+        )
+        teachers.trained_cross_encoder = lambda: train_cross_encoder(
+            hard_negatives,
+            chunked_corpus,
+            pipeline.base_model_path(),
+            cross_encoder_dir,
+            device=device,
+            epochs=settings.cross_encoder_epochs,
+            learning_rate=settings.cross_encoder_learning_rate,
+        )["path"]
+        choice = choose_teacher(settings, teachers, validation)
+    build = choice.teacher
+    if build == "trained-cross-encoder":  # rebuilt from its folder by the next step, not trained again
+        build = f"cross-encoder:{pipeline.publish(cross_encoder_dir)}"
+    context.log.info(f"Teacher: {choice.reason}")
+    output = {
+        "teacher": choice.teacher,
+        "build": build,
+        "reason": choice.reason,
+        "licence": teacher_licence(choice.teacher),
+        "validation_questions": choice.validation_questions,
+        "candidates": choice.table(),
+        "vectors": [pipeline.store().address(folder) for folder in choice.vectors],  # its passage vectors
+        "settings": settings.model_dump(),  # how the next step reaches it (an API's base URL, key variable)
+    }
+    context.add_output_metadata(
+        {
+            "teacher": choice.teacher or "none",
+            "reason": choice.reason,
+            "candidates": records_table(choice.table()) if choice.candidates else "not scored",
+            "validation_questions": choice.validation_questions,
+            **({"passage_vectors": dg.MetadataValue.path(output["vectors"][0])} if output["vectors"] else {}),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    return output
+
+
+@dg.asset(partitions_def=corpus_versions, group_name="training", pool="gpu", kinds={"pytorch"})
+def teacher_scores(
+    context: dg.AssetExecutionContext,
+    config: TeacherScoresConfig,
+    pipeline: PipelineResource,
+    compute: TorchDeviceResource,
+    teacher: dict,
     hard_negatives: pd.DataFrame,
     qa_splits: pd.DataFrame,
     chunked_corpus: pd.DataFrame,
 ) -> pd.DataFrame:
-    """A teacher's score for every mined (question, positive) and (question, negative), for margin-MSE (GPL):
-    the BM25 + base-model hybrid, an in-domain cross-encoder trained here from the base model, or an LLM's
-    graded relevance; with teacher none the mined rows pass through unscored."""
+    """The teacher's scores of a candidate list for every training query: each generated question (its positive,
+    mined negatives, the teacher's and the student's top passages) and each pseudo-query cut from the training
+    documents (title, heading, sentence, span: no positive needed). Without a teacher the mined rows pass
+    through for contrastive training."""
+    if teacher["build"] is None:
+        context.add_output_metadata({**frame_metadata(hard_negatives), "teacher": "none", "reason": teacher["reason"]})
+        return hard_negatives
     started = time.perf_counter()
-    device = compute.torch_device()
-    cross_encoder_dir = pipeline.version_artifacts(
-        context.partition_key, "models", f"cross-encoder-{context.run_id[:8]}"
-    )
-    mined, teacher = score_with_teacher(
-        hard_negatives,
-        chunked_corpus,
-        config.settings(),
-        base_encoder=lambda: CachedDocuments(
-            pipeline.base_bi_encoder(device),
-            pipeline.embeddings_cache(context.partition_key, pipeline.base_model_path()),
-        ),
-        validation=validation_set(validation_questions(qa_splits, pipeline.seed_forms()), chunked_corpus)
-        if config.teacher == "hybrid"  # only the hybrid teacher chooses its weight on validation
-        else None,
-        base_model=pipeline.base_model_path(),
-        cross_encoder_dir=cross_encoder_dir,
-        llm_cache=lambda: pipeline.llm_cache(context.run_id),
-        device=device,
-    )
-    if "ndcg@10_by_bm25_weight" in teacher:
-        teacher["ndcg@10_by_bm25_weight"] = records_table(
-            [
-                {"bm25_weight": float(w), "validation_ndcg@10": score}
-                for w, score in teacher["ndcg@10_by_bm25_weight"].items()
-            ]
-        )
-    if config.teacher == "cross_encoder":
-        teacher["cross_encoder"] = dg.MetadataValue.path(pipeline.publish(cross_encoder_dir))
+    settings = config.settings()
+    reach = TeacherSettings(**teacher["settings"])
+    with pipeline.teacher_context(context.partition_key, context.run_id, compute.torch_device(), reach) as teachers:
+        scored = score_training_queries(hard_negatives, qa_splits, chunked_corpus, teacher["build"], teachers, settings)
+    rows = scored.rows
     context.add_output_metadata(
         {
-            **frame_metadata(mined),
-            **teacher,
-            **_margin_metadata(mined),
+            **frame_metadata(rows),
+            "teacher": teacher["teacher"],
+            "queries_by_source": count_table(scored.queries_by_source, "source", "queries"),
+            "candidates_per_list": scored.list_size,
+            "left_out_short_lists": scored.dropped_short_lists,
+            "teacher_puts_the_positive_first": scored.teacher_agrees_with_positive,
+            **_margin_metadata(rows),
             "seconds": round(time.perf_counter() - started, 1),
         }
     )
-    return mined
+    return rows
 
 
-def _margin_metadata(mined: pd.DataFrame) -> dict:
-    """The teacher's margins (positive minus each negative), as counts and a histogram."""
-    if "teacher_positive_score" not in mined.columns:
-        return {}
-    margins = [
-        p - n
-        for p, negs in zip(mined["teacher_positive_score"], mined["teacher_negative_scores"], strict=True)
-        for n in negs
-    ]
+def _margin_metadata(rows: pd.DataFrame) -> dict:
+    """The teacher's margins (first candidate minus each other), as counts and a histogram."""
+    margins = [s[0] - other for s in rows["teacher_scores"] for other in s[1:]]
     return {
         "teacher_margins": len(margins),
         "teacher_margins_negative": sum(m < 0 for m in margins),
         "teacher_margin_distribution": dg.MetadataValue.md(
-            histogram_markdown({"teacher margin": margins}, "teacher margin, positive minus negative")
+            histogram_markdown({"teacher margin": margins}, "teacher margin, first candidate minus the others")
         ),
     }
 
@@ -146,9 +190,15 @@ def training_set(
     teacher_scores: pd.DataFrame,
     chunked_corpus: pd.DataFrame,
 ):
-    """Unrolled rows: one per (question, positive), with the question's hard negatives (and the teacher's
-    margins when it scored them)."""
-    rows = unroll_training_rows(teacher_scores, chunked_corpus, num_negatives=config.num_negatives)
+    """Unrolled rows: with a teacher, one per candidate list (the anchor, its candidates, the teacher's scores);
+    without, one per (question, positive) with the question's hard negatives."""
+    taught = "candidate_chunk_ids" in teacher_scores.columns
+    if taught:
+        rows = unroll_taught_rows(teacher_scores, chunked_corpus)
+        negatives, left_out = len([c for c in rows.columns if c.startswith("negative_")]), 0
+    else:
+        rows = unroll_training_rows(teacher_scores, chunked_corpus, num_negatives=config.num_negatives)
+        negatives, left_out = config.num_negatives, rows_short_of_negatives(teacher_scores, config.num_negatives)
     yield dg.Output(
         rows,
         metadata={
@@ -156,10 +206,11 @@ def training_set(
             "rows": len(rows),
             "rows_by_source": count_table(rows["source"].value_counts().to_dict(), "source", "rows"),
             "questions": int(rows["question_id"].nunique()),
-            "left_out_short_of_negatives": rows_short_of_negatives(teacher_scores, config.num_negatives),
+            "taught": taught,
+            "left_out_short_of_negatives": left_out,
         },
     )
-    yield check_result(ROWS_CHECK, check_training_rows(rows, config.num_negatives))
+    yield check_result(ROWS_CHECK, check_training_rows(rows, negatives))
 
 
 FINETUNE_TABLES = ("loss_curve", "validation_curve", "path", "fusion", "grid")
@@ -174,9 +225,12 @@ def finetuned_model(
     training_set: pd.DataFrame,
     qa_splits: pd.DataFrame,
     chunked_corpus: pd.DataFrame,
+    teacher: dict,
 ) -> dict:
-    """Contrastive fine-tune (MNRL, temperature 0.02), best checkpoint on the validation questions, saved
-    as a sentence-transformers folder; a killed run resumes from its last checkpoint."""
+    """The student trained on the training set: on the teacher's scores (listwise KL) and contrastively on its
+    generated questions, or contrastively alone without a teacher; the best checkpoint on the validation
+    questions, mixed with the base weights as validation says (WiSE-FT), saved as a sentence-transformers
+    folder; a killed run resumes from its last checkpoint."""
     settings = config.settings()
     validation = validation_set(
         validation_questions(qa_splits, pipeline.seed_forms()),
@@ -212,6 +266,7 @@ def finetuned_model(
         query_prompt=pipeline.query_prompt,
         passage_prompt=pipeline.passage_prompt,
         on_checkpoint=publish_checkpoint if store.remote else None,
+        provenance={"teacher": teacher["teacher"], "teacher_licence": teacher["licence"]},
     )
     stats["path"] = pipeline.publish(stats["path"])
     store.remove(checkpoints)  # the job is done: nothing left to resume
